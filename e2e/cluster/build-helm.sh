@@ -9,7 +9,9 @@ set -euo pipefail
 
 HELM_VERSION="${INFERA_HELM_VERSION:-v3.19.5}"
 CACHE="${INFERA_CACHE_DIR:-$HOME/.cache/infera}"
-OUTDIR="$CACHE/helm/$HELM_VERSION"
+# RECIPE changes when the way we build changes (e.g. ldflags), so an older cached build is not reused.
+RECIPE=2
+OUTDIR="$CACHE/helm/${HELM_VERSION}-r${RECIPE}"
 BIN="$OUTDIR/bin"
 WORK="$OUTDIR/src"
 
@@ -33,11 +35,18 @@ if [[ ! -f "$WORK/go.mod" ]]; then
 fi
 (cd "$WORK" && go get "helm.sh/helm/v3@$HELM_VERSION" >&2) \
   || die "go get helm.sh/helm/v3@$HELM_VERSION failed (is the Go module proxy reachable? is Go new enough for its go.mod?)"
-# helm's Makefile stamps the version into internal/version; do the same so 'helm version' is honest.
+# Stamp what helm's Makefile stamps: its version, and the Kubernetes version of its client-go
+# module, which `helm template` and `helm lint` assume when no cluster is asked (else v1.20).
+k8s_mod=$(cd "$WORK" && go list -m -f '{{.Version}}' k8s.io/client-go) || die "cannot resolve k8s.io/client-go for helm $HELM_VERSION"
+[[ "$k8s_mod" =~ ^v0\.([0-9]+)\. ]] || die "unexpected k8s.io/client-go version '$k8s_mod'"
+k8s_minor="${BASH_REMATCH[1]}"
 ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  ld+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+done
 (cd "$WORK" && go build -trimpath -ldflags "$ld" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm) \
   || die "go build of helm $HELM_VERSION failed (see output above)"
 mv "$BIN/helm.tmp" "$BIN/helm"
 "$BIN/helm" version --short >/dev/null || die "the built helm does not run: $BIN/helm"
-log "built $("$BIN/helm" version --short) in $(( $(date +%s) - t0 ))s"
+log "built $("$BIN/helm" version --short) (default Kubernetes version v1.$k8s_minor) in $(( $(date +%s) - t0 ))s"
 echo "$BIN/helm"
