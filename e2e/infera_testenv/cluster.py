@@ -80,6 +80,9 @@ class ClusterConfig:
     workdir: Path | None = None
     verbose: bool = False
     extra_apiserver_args: list[str] = field(default_factory=list)
+    # Pods matching this label selector are left alone by kwok, for a harness (podsim) that
+    # plays the kubelet for them: runs their real process, reports status and readiness.
+    kwok_disregard_label_selector: str = ""
 
 
 @dataclass
@@ -441,7 +444,7 @@ class Cluster:
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                 "--manage-nodes-with-label-selector=",
                 "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
-                "--disregard-status-with-label-selector=",
+                f"--disregard-status-with-label-selector={self.config.kwok_disregard_label_selector}",
                 "--cidr=127.10.255.0/24",
                 "--node-ip=127.0.0.1",
                 "--node-lease-duration-seconds=40",

@@ -1,0 +1,1 @@
+pytest_plugins = ["infera_testenv.pytest_plugin"]

