@@ -1,0 +1,130 @@
+"""The Argo CD health check (charts/infera/argocd/health.lua), run in Lua 5.1 like Argo CD's gopher-lua."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from packaging_support import CHART, REPO
+
+SCRIPT = (CHART / "argocd" / "health.lua").read_text()
+
+
+def isvc(generation: int = 3, observed: int | None = 3, conditions: list[dict[str, Any]] | None = None,
+         spec: dict[str, Any] | None = None, status: bool = True) -> dict[str, Any]:  # fmt: skip
+    obj: dict[str, Any] = {
+        "apiVersion": "infera.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat", "namespace": "ml", "generation": generation},
+        "spec": spec if spec is not None else {"model": {"uri": "hf://org/model"}, "replicas": 2},
+    }
+    if status:
+        st: dict[str, Any] = {"conditions": conditions or [], "replicas": 2, "readyReplicas": 2,
+                              "url": "http://chat.ml.svc.cluster.local/v1"}  # fmt: skip
+        if observed is not None:
+            st["observedGeneration"] = observed
+        obj["status"] = st
+    return obj
+
+
+def cond(
+    ctype: str, status: str, reason: str = "", message: str = "", gen: int | None = None
+) -> dict[str, Any]:
+    c: dict[str, Any] = {"type": ctype, "status": status, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    if reason:
+        c["reason"] = reason
+    if message:
+        c["message"] = message
+    if gen is not None:
+        c["observedGeneration"] = gen
+    return c
+
+
+def run(lua51: Any, obj: dict[str, Any]) -> tuple[str, str]:
+    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(copy.deepcopy(obj), recursive=True)
+    hs = lua.execute(SCRIPT)
+    return str(hs["status"]), str(hs["message"])
+
+
+def test_ready_and_current_is_healthy(lua51: Any) -> None:
+    status, msg = run(lua51, isvc(conditions=[cond("Ready", "True", "Serving", gen=3)]))
+    assert status == "Healthy"
+    assert "2/2 ready replicas" in msg and "http://chat.ml.svc.cluster.local/v1" in msg
+
+
+def test_no_status_yet_is_progressing(lua51: Any) -> None:
+    assert run(lua51, isvc(status=False))[0] == "Progressing"
+
+
+def test_unobserved_generation_is_progressing_even_if_ready(lua51: Any) -> None:
+    status, msg = run(lua51, isvc(generation=4, observed=3, conditions=[cond("Ready", "True", "Serving")]))
+    assert status == "Progressing"
+    assert "generation 4" in msg
+
+
+def test_missing_observed_generation_is_progressing(lua51: Any) -> None:
+    assert run(lua51, isvc(observed=None, conditions=[cond("Ready", "True")]))[0] == "Progressing"
+
+
+def test_ready_condition_for_an_older_generation_is_progressing(lua51: Any) -> None:
+    status, _ = run(lua51, isvc(generation=5, observed=5, conditions=[cond("Ready", "True", gen=4)]))
+    assert status == "Progressing"
+
+
+@pytest.mark.parametrize("ready", [None, "Unknown"])
+def test_ready_missing_or_unknown_is_progressing(lua51: Any, ready: str | None) -> None:
+    conditions = [] if ready is None else [cond("Ready", ready, "Reconciling")]
+    assert run(lua51, isvc(conditions=conditions))[0] == "Progressing"
+
+
+@pytest.mark.parametrize(
+    "reason", ["ModelLoading", "PodsNotReady", "Deploying", "MinimumReplicasUnavailable"]
+)
+def test_ready_false_while_starting_is_progressing(lua51: Any, reason: str) -> None:
+    status, msg = run(lua51, isvc(conditions=[cond("Ready", "False", reason, "1/2 pods ready")]))
+    assert status == "Progressing"
+    assert msg == f"{reason}: 1/2 pods ready"
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["InsufficientGPU", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidSpec", "OOMKilled"],
+)
+def test_failure_reasons_are_degraded(lua51: Any, reason: str) -> None:
+    status, msg = run(lua51, isvc(conditions=[cond("Ready", "False", reason, "details")]))
+    assert status == "Degraded"
+    assert reason in msg and "details" in msg
+
+
+def test_failure_on_a_detailed_condition_is_degraded_even_during_rollout(lua51: Any) -> None:
+    obj = isvc(
+        generation=7,
+        observed=6,
+        conditions=[
+            cond("Ready", "False", "Deploying"),
+            cond("Scheduled", "False", "InsufficientGPU", "0/2 nodes have 4 free nvidia.com/gpu"),
+        ],
+    )
+    status, msg = run(lua51, obj)
+    assert status == "Degraded"
+    assert msg.startswith("Scheduled is False, InsufficientGPU")
+
+
+def test_unknown_failure_reason_is_degraded_not_hidden(lua51: Any) -> None:
+    assert run(lua51, isvc(conditions=[cond("Ready", "False", "SomethingNew")]))[0] == "Degraded"
+
+
+def test_scaled_to_zero_is_suspended(lua51: Any) -> None:
+    obj = isvc(conditions=[cond("Ready", "True")], spec={"model": {"uri": "/m"}, "replicas": 0})
+    assert run(lua51, obj)[0] == "Suspended"
+
+
+def test_argocd_cm_snippet_in_docs_is_the_script() -> None:
+    """The docs' argocd-cm snippet embeds this exact script (indented), so copying it works."""
+    doc = (CHART / "README.md").read_text()
+    assert "resource.customizations.health.infera.dev_InferenceService: |" in doc
+    indented = "\n".join(("    " + ln) if ln else "" for ln in SCRIPT.rstrip("\n").splitlines())
+    assert indented in doc, "charts/infera/README.md's argocd-cm snippet differs from argocd/health.lua"
+    assert REPO.joinpath("charts", "infera", "argocd", "health.lua").exists()
