@@ -11,30 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
 
-from infera_testenv import tinymodel
 from infera_testenv.stack import Stack, inference_service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 NS = "default"
 NAME = "tiny-chat"
-
-
-@pytest.fixture(scope="module")
-def model() -> Path:
-    return tinymodel.build()
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with Stack() as s:
-        yield s
 
 
 def throughput(stack: Stack) -> dict[str, Any]:
