@@ -11,12 +11,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
-    return ps.helm()
+    path: Path = ps.helm()
+    return path
 
 
 @pytest.fixture(scope="session")
 def hadolint_bin() -> Path:
-    return ps.hadolint()
+    path: Path = ps.hadolint()
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -177,8 +177,9 @@ def test_include_crds_renders_the_crd(helm_bin: Path) -> None:
 # ------------------------------------------------------------------------------------------- monitoring
 @pytest.fixture(scope="module")
 def monitoring(helm_bin: Path) -> list[dict[str, Any]]:
-    return render(helm_bin, "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+    objs: list[dict[str, Any]] = render(helm_bin, "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
                   "metrics.grafanaDashboard.enabled=true", "metrics.podMonitor.labels.release=kps")  # fmt: skip
+    return objs
 
 
 def metric_names(promql: Any, expr: str) -> set[str]:

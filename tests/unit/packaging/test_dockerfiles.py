@@ -67,7 +67,8 @@ def stages(instrs: list[Instr]) -> list[list[Instr]]:
 
 @pytest.fixture(params=sorted(DOCKERFILES), ids=lambda p: p.replace("/", "_"))
 def dockerfile(request: pytest.FixtureRequest) -> Path:
-    return REPO / str(request.param)
+    path: Path = REPO / str(request.param)
+    return path
 
 
 def test_hadolint_is_clean(dockerfile: Path, hadolint_bin: Path) -> None:
