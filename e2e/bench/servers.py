@@ -1,0 +1,170 @@
+"""Start and stop the servers the benchmarks measure, as real subprocesses on loopback.
+
+* :func:`runtime_server`: this checkout's runtime (``python -m infera_runtime``), configured
+  by ``INFERA_*`` environment variables as in production;
+* :func:`raw_vllm_server`: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``).
+
+Both yield the base URL once ``/v1/models`` answers, and stop the whole process group after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from loadgen import wait_ready
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = (
+    str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+)
+TINY_MODEL = Path.home() / ".cache/infera/models/infera-tiny-llama-359bfd45d24bfbab"
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_model() -> Path:
+    """The tiny test model (built offline by e2e/infera_testenv/tinymodel.py if missing)."""
+    if (TINY_MODEL / "config.json").exists():
+        return TINY_MODEL
+    sys.path.insert(0, str(REPO / "e2e"))
+    from infera_testenv import tinymodel
+
+    return Path(tinymodel.build())
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+        self._logf = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float) -> float:
+        t0 = time.monotonic()
+
+        async def _wait() -> None:
+            task = asyncio.ensure_future(wait_ready(self.base_url, timeout_s))
+            while not task.done():
+                if self.proc.poll() is not None:
+                    task.cancel()
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+                await asyncio.sleep(0.3)
+            await task
+
+        asyncio.run(_wait())
+        return time.monotonic() - t0
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:
+            # the leader is gone; make sure no child of its group (vLLM engine core) survives
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._logf.close()
+
+
+@contextlib.contextmanager
+def runtime_server(
+    model: Path | str,
+    served_name: str = "tiny",
+    engine: str = "vllm",
+    extra_env: dict[str, str] | None = None,
+    ready_timeout_s: float = 240.0,
+) -> Iterator[Server]:
+    port = free_port()
+    env = {
+        **VLLM_CPU_ENV,
+        "INFERA_MODEL": str(model),
+        "INFERA_SERVED_MODEL_NAME": served_name,
+        "INFERA_ENGINE": engine,
+        "INFERA_HOST": "127.0.0.1",
+        "INFERA_PORT": str(port),
+        "INFERA_DTYPE": "float32",
+        "INFERA_MAX_MODEL_LEN": "512",
+        "INFERA_ENFORCE_EAGER": "true",
+        "INFERA_TERMINATION_LOG": "/dev/null",
+        **(extra_env or {}),
+    }
+    srv = Server(f"infera-{engine}", [PYTHON, "-m", "infera_runtime"], env, port)
+    try:
+        srv.wait_ready(ready_timeout_s)
+        yield srv
+    finally:
+        srv.stop()
+
+
+@contextlib.contextmanager
+def raw_vllm_server(
+    model: Path | str,
+    served_name: str = "tiny",
+    extra_args: list[str] | None = None,
+    ready_timeout_s: float = 240.0,
+) -> Iterator[Server]:
+    port = free_port()
+    argv = [
+        PYTHON,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--enforce-eager",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name,
+        *(extra_args or []),
+    ]
+    srv = Server("raw-vllm", argv, dict(VLLM_CPU_ENV), port)
+    try:
+        srv.wait_ready(ready_timeout_s)
+        yield srv
+    finally:
+        srv.stop()
