@@ -4,7 +4,7 @@ Every error the runtime returns to a client is an :class:`InferaError`. Each sub
 HTTP status, OpenAI ``type`` and default ``code``; :meth:`InferaError.body` renders the
 OpenAI error body ``{"error": {"message", "type", "param", "code"}}``. The HTTP layer turns
 framework exceptions (FastAPI validation errors, unknown routes, ...) into these types in one
-function (``infera_runtime.http.to_infera_error``) and never builds an error body itself.
+function (``infera_runtime.app.to_infera_error``) and never builds an error body itself.
 
 This module has no HTTP framework imports: the serving layer and the engines raise these errors.
 """
@@ -61,9 +61,12 @@ class ContextLengthExceededError(InvalidRequestError):
 
 
 class ModelNotFoundError(InferaError):
-    """The request names a model this server does not serve (404, as OpenAI does)."""
+    """The request names a model this server does not serve.
 
-    status = 404
+    400 (bad input, as issue 4 asks), with OpenAI's code ``model_not_found``.
+    """
+
+    status = 400
     error_type = "invalid_request_error"
     default_code = "model_not_found"
 

@@ -17,9 +17,9 @@ Contract of :meth:`Engine.generate`:
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 EngineFinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -35,6 +35,8 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
     ignore_eos: bool = False
 
 
@@ -44,6 +46,8 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: SamplingOptions
     prompt: str | None = None
+    # False: the caller only needs the final result (the engine may skip intermediate outputs).
+    stream: bool = True
 
 
 @dataclass(slots=True)
@@ -58,6 +62,10 @@ class ChoiceDelta:
 class EngineOutput:
     choices: list[ChoiceDelta]
     finished: bool  # every choice has finished
+    # When the engine knows better than the arrival of this output (non-streaming outputs come
+    # once, at the end): time.monotonic() of the first and the latest generated token.
+    first_token_time: float | None = None
+    last_token_time: float | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +105,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def vocab_size(self) -> int: ...
 
+    def default_sampling(self) -> dict[str, Any]:
+        """The model's own sampling defaults (generation_config.json) for fields a request leaves unset.
+
+        Keys are :class:`SamplingOptions` field names (``max_tokens`` included).
+        """
+        return {}
+
     @abc.abstractmethod
     async def apply_chat_template(self, messages: ChatMessages) -> str:
         """Render chat messages with the model's own chat template (generation prompt added).
@@ -108,7 +123,7 @@ class Engine(abc.ABC):
     async def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]: ...
 
     @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Validate eagerly, then return the stream of outputs (see the module docstring)."""
 
     @abc.abstractmethod

@@ -23,7 +23,7 @@ import asyncio
 import random
 import re
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,7 @@ class SyntheticEngine(Engine):
         if request_id in self._running:
             self._aborted.add(request_id)
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         prompt_len = len(request.prompt_token_ids)
         if prompt_len == 0:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
@@ -153,7 +153,7 @@ class SyntheticEngine(Engine):
             return random.Random(f"{prompt_key}:{s.seed}:{index}")
         return random.Random()
 
-    async def _stream(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def _stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         rid = request.request_id
         s = request.sampling
         choices = [_Choice(i, self._rng(request, i)) for i in range(s.n)]
