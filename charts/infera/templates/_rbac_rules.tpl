@@ -30,3 +30,22 @@ Each rule names what the operator does with it; nothing else is granted (no Secr
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+
+{{/*
+What kopf itself needs at the cluster scope, whatever the watched namespaces: it watches
+CustomResourceDefinitions to notice when the InferenceService CRD is installed, changed or removed,
+and, when it watches only some namespaces, it watches the Namespace objects to notice when those
+appear or go. Read-only, metadata-level objects; without them kopf retries for ~20 s at start-up and
+then stops noticing such changes until it is restarted.
+*/}}
+{{- define "infera.rbacDiscoveryRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .namespaced }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end -}}

@@ -137,11 +137,28 @@ def test_rbac_is_least_privilege(helm_bin: Path) -> None:
     assert granted(rules, "", "pods") == {"get", "list", "watch"}
     assert granted(rules, "", "events") == {"create", "patch"}
     assert granted(rules, "", "secrets") == set()
+    # kopf watches CRDs (read-only); cluster-wide it has no need to watch Namespaces.
+    assert granted(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
+    assert granted(rules, "", "namespaces") == set()
 
 
 def test_watched_namespaces_get_roles_not_cluster_roles(helm_bin: Path) -> None:
     objs = render(helm_bin, "operator.watchNamespaces={team-b,team-a,team-a}")
-    assert not by_kind(objs, "ClusterRoleBinding")
+    # Cluster-wide, only what kopf itself needs: list/watch CRDs and Namespaces, nothing else.
+    [discovery] = by_kind(objs, "ClusterRole")
+    [discovery_binding] = by_kind(objs, "ClusterRoleBinding")
+    assert discovery["metadata"]["name"] == "infera-operator-discovery"
+    assert discovery_binding["roleRef"]["name"] == "infera-operator-discovery"
+    assert discovery_binding["subjects"][0]["name"] == "infera-operator"
+    assert granted(discovery["rules"], "apiextensions.k8s.io", "customresourcedefinitions") == {
+        "list",
+        "watch",
+    }
+    assert granted(discovery["rules"], "", "namespaces") == {"list", "watch"}
+    assert sorted(res for r in discovery["rules"] for res in r["resources"]) == [
+        "customresourcedefinitions",
+        "namespaces",
+    ]
     roles, bindings = by_kind(objs, "Role"), by_kind(objs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
