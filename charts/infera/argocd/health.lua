@@ -2,61 +2,48 @@
 -- Lua 5.1 (Argo CD runs gopher-lua). Input: the live object `obj`. Output: {status, message}.
 --   Healthy      Ready=True and status.observedGeneration == metadata.generation
 --   Progressing  no status yet, generation not observed yet, Ready missing/Unknown, or Ready=False
---                with a reason that resolves by itself (pods starting, model loading, scaling)
+--                with a reason that resolves by itself (RollingOut: pods starting, model loading)
 --   Degraded     Ready=False with a failure reason that needs a person (InsufficientGPU,
 --                ImagePullBackOff, CrashLoopBackOff, InvalidSpec, ...), or one of those reasons on a
---                detailed condition (Scheduled, DeploymentAvailable, ConfigReady, AutoscalerReady)
---   Suspended    Ready and scaled to zero on purpose (spec.replicas = 0 without autoscaling)
--- Reasons not in either list count as Degraded when Ready=False: an unknown failure should be seen.
+--                detailed condition (ConfigReady, Scheduled, DeploymentAvailable); AutoscalerReady is
+--                informational in infera and never changes the health
+--   Suspended    Ready=False with reason ScaledToZero (spec.replicas = 0 without autoscaling)
+-- The reasons are the operator's (operator/docs/troubleshooting.md). Reasons in neither list count as
+-- Degraded when Ready=False: an unknown failure should be seen.
 local hs = {}
 
 local failure_reasons = {
+  -- ConfigReady
+  InvalidSpec = true,
+  ApplyFailed = true,
+  ApiKeySecretNotFound = true,
+  -- Scheduled
   InsufficientGPU = true,
+  InsufficientResources = true,
+  NoMatchingNodes = true,
+  UntoleratedTaint = true,
+  VolumeUnavailable = true,
   Unschedulable = true,
+  -- DeploymentAvailable: containers that will not start by themselves, stuck rollouts
+  CrashLoopBackOff = true,
   ImagePullBackOff = true,
   ErrImagePull = true,
+  ErrImageNeverPull = true,
   InvalidImageName = true,
-  CrashLoopBackOff = true,
   CreateContainerConfigError = true,
   CreateContainerError = true,
   RunContainerError = true,
-  OOMKilled = true,
-  InvalidSpec = true,
-  InvalidConfig = true,
-  InvalidModel = true,
-  ModelLoadFailed = true,
-  RuntimeFailed = true,
-  SecretNotFound = true,
   ProgressDeadlineExceeded = true,
-  ReconcileError = true,
-  FailedCreate = true,
-  AutoscalerFailed = true,
+  ReplicaFailure = true,
 }
 
-local transient_reasons = {
-  Pending = true,
-  Progressing = true,
-  Reconciling = true,
-  Creating = true,
-  Deploying = true,
-  Scheduling = true,
-  ContainerCreating = true,
-  PodInitializing = true,
-  Starting = true,
-  Loading = true,
-  ModelLoading = true,
-  WaitingForPods = true,
-  PodsNotReady = true,
+local progressing_reasons = {
+  RollingOut = true,
+  DeploymentNotFound = true,
   MinimumReplicasUnavailable = true,
-  NewReplicaSetAvailable = true,
-  ReplicaSetUpdated = true,
-  RollingUpdate = true,
-  Updating = true,
-  Scaling = true,
-  ScalingUp = true,
-  ScalingDown = true,
-  Terminating = true,
-  AwaitingMetrics = true,
+  Pending = true,
+  NoPods = true,
+  SchedulingPending = true,
 }
 
 local function condition(conditions, ctype)
@@ -88,7 +75,7 @@ local function health(o)
   local conditions = o.status.conditions or {}
 
   -- A failure on any detailed condition is reported even while the generation is being rolled out.
-  for _, ctype in ipairs({ "Ready", "ConfigReady", "Scheduled", "DeploymentAvailable", "AutoscalerReady" }) do
+  for _, ctype in ipairs({ "Ready", "ConfigReady", "Scheduled", "DeploymentAvailable" }) do
     local c = condition(conditions, ctype)
     if c ~= nil and c.status == "False" and c.reason ~= nil and failure_reasons[c.reason] then
       return "Degraded", ctype .. " is False, " .. describe(c)
@@ -112,10 +99,6 @@ local function health(o)
       .. ", not yet " .. tostring(generation)
   end
   if ready.status == "True" then
-    local spec = o.spec or {}
-    if spec.autoscaling == nil and spec.replicas == 0 then
-      return "Suspended", "Scaled to zero replicas"
-    end
     local msg = "Serving"
     if o.status.readyReplicas ~= nil then
       msg = msg .. " with " .. tostring(o.status.readyReplicas) .. "/" .. tostring(o.status.replicas or "?")
@@ -127,7 +110,10 @@ local function health(o)
     return "Healthy", msg
   end
   -- Ready=False
-  if ready.reason ~= nil and transient_reasons[ready.reason] then
+  if ready.reason == "ScaledToZero" then
+    return "Suspended", describe(ready)
+  end
+  if ready.reason ~= nil and progressing_reasons[ready.reason] then
     return "Progressing", describe(ready)
   end
   return "Degraded", describe(ready)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
-from packaging_support import CHART, REPO
+from packaging_support import CHART, REPO, operator_reasons
+
+from infera_operator import status as st
 
 SCRIPT = (CHART / "argocd" / "health.lua").read_text()
 
@@ -79,19 +82,40 @@ def test_ready_missing_or_unknown_is_progressing(lua51: Any, ready: str | None) 
     assert run(lua51, isvc(conditions=conditions))[0] == "Progressing"
 
 
-@pytest.mark.parametrize(
-    "reason", ["ModelLoading", "PodsNotReady", "Deploying", "MinimumReplicasUnavailable"]
-)
+def lua_table(name: str) -> set[str]:
+    """The keys of ``local NAME = { Key = true, ... }`` in the script."""
+    body = re.search(r"local " + name + r" = \{(.*?)\n\}", SCRIPT, re.S)
+    assert body, name
+    return set(re.findall(r"^\s*([A-Za-z]+) = true,", body.group(1), re.M))
+
+
+FAILURE = lua_table("failure_reasons")
+PROGRESSING = lua_table("progressing_reasons")
+# Reasons that never decide the health: they come only with status True or Unknown, or on
+# AutoscalerReady, which is informational in infera (it never gates Ready).
+NOT_DECIDING = {"Serving", "Ready", "ConfigApplied", "AllPodsScheduled", "NoPodsWanted",
+                "MinimumReplicasAvailable", "AutoscalingDisabled", "HPANotFound", "ScalingActive",
+                "NotAbleToScale", "NotScalingActive"}  # fmt: skip
+
+
+def test_every_operator_reason_is_classified() -> None:
+    """A reason the operator starts to emit must be placed here (Degraded, Progressing, Suspended or
+    not deciding); and the script names no reason the operator does not emit."""
+    reasons = operator_reasons()
+    known = FAILURE | PROGRESSING | {"ScaledToZero"} | NOT_DECIDING
+    assert not reasons - known, f"classify in health.lua: {sorted(reasons - known)}"
+    assert not (FAILURE | PROGRESSING) - reasons, sorted((FAILURE | PROGRESSING) - reasons)
+    assert not FAILURE & PROGRESSING
+
+
+@pytest.mark.parametrize("reason", ["RollingOut", "DeploymentNotFound", "MinimumReplicasUnavailable"])
 def test_ready_false_while_starting_is_progressing(lua51: Any, reason: str) -> None:
     status, msg = run(lua51, isvc(conditions=[cond("Ready", "False", reason, "1/2 pods ready")]))
     assert status == "Progressing"
     assert msg == f"{reason}: 1/2 pods ready"
 
 
-@pytest.mark.parametrize(
-    "reason",
-    ["InsufficientGPU", "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidSpec", "OOMKilled"],
-)
+@pytest.mark.parametrize("reason", sorted(FAILURE))
 def test_failure_reasons_are_degraded(lua51: Any, reason: str) -> None:
     status, msg = run(lua51, isvc(conditions=[cond("Ready", "False", reason, "details")]))
     assert status == "Degraded"
@@ -103,7 +127,7 @@ def test_failure_on_a_detailed_condition_is_degraded_even_during_rollout(lua51: 
         generation=7,
         observed=6,
         conditions=[
-            cond("Ready", "False", "Deploying"),
+            cond("Ready", "False", "RollingOut"),
             cond("Scheduled", "False", "InsufficientGPU", "0/2 nodes have 4 free nvidia.com/gpu"),
         ],
     )
@@ -117,8 +141,69 @@ def test_unknown_failure_reason_is_degraded_not_hidden(lua51: Any) -> None:
 
 
 def test_scaled_to_zero_is_suspended(lua51: Any) -> None:
-    obj = isvc(conditions=[cond("Ready", "True")], spec={"model": {"uri": "/m"}, "replicas": 0})
+    obj = isvc(conditions=[cond("Ready", "False", "ScaledToZero", "spec.replicas is 0", gen=3)],
+               spec={"model": {"uri": "/m"}, "replicas": 0})  # fmt: skip
     assert run(lua51, obj)[0] == "Suspended"
+
+
+def test_autoscaler_failure_does_not_change_health(lua51: Any) -> None:
+    obj = isvc(conditions=[cond("Ready", "True", "Serving", gen=3),
+                           cond("AutoscalerReady", "False", "FailedGetPodsMetric", "no custom metrics API")])  # fmt: skip
+    assert run(lua51, obj)[0] == "Healthy"
+
+
+# ------------------------------------------------------------ statuses computed by the operator's code
+def deployment(replicas: int, ready: int, available: bool, generation: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "chat", "generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if available else "False",
+                            "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable"}],
+        },
+    }  # fmt: skip
+
+
+def pod(name: str, scheduled: bool = True, message: str = "", waiting: str = "") -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": [{"type": "PodScheduled", "status": "True" if scheduled else "False",
+                                              "reason": "" if scheduled else "Unschedulable", "message": message}]}  # fmt: skip
+    if waiting:
+        status["containerStatuses"] = [{"name": "runtime", "restartCount": 4, "state": {"waiting": {"reason": waiting}},
+                                        "lastState": {"terminated": {"exitCode": 1, "message": "model not found"}}}]  # fmt: skip
+    return {"metadata": {"name": name}, "status": status}
+
+
+OPERATOR_CASES = {
+    "serving": (st.Observed("chat", "ml", 3, deployment=deployment(2, 2, True), pods=[pod("a"), pod("b")],
+                            replicas_wanted=2), "Healthy"),
+    "starting": (st.Observed("chat", "ml", 3, deployment=deployment(2, 0, False), pods=[pod("a"), pod("b")],
+                             replicas_wanted=2), "Progressing"),
+    "no-deployment-yet": (st.Observed("chat", "ml", 3, replicas_wanted=1), "Progressing"),
+    "no-gpu": (st.Observed("chat", "ml", 3, deployment=deployment(1, 0, False), replicas_wanted=1,
+                           pods=[pod("a", False, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]),
+               "Degraded"),
+    "crash-loop": (st.Observed("chat", "ml", 3, deployment=deployment(1, 0, False), replicas_wanted=1,
+                               pods=[pod("a", waiting="CrashLoopBackOff")]), "Degraded"),
+    "invalid-spec": (st.Observed("chat", "ml", 3, problems=["autoscaling needs at least one target"]), "Degraded"),
+    "scaled-to-zero": (st.Observed("chat", "ml", 3, deployment=deployment(0, 0, True), replicas_wanted=0),
+                       "Suspended"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(OPERATOR_CASES))
+def test_statuses_computed_by_the_operator(lua51: Any, case: str) -> None:
+    """The script reads the status the operator really writes (infera_operator.status.compute_status)."""
+    obs, expected = OPERATOR_CASES[case]
+    status = st.compute_status(obs, None, "2026-01-01T00:00:00Z", url="http://chat.ml.svc.cluster.local/v1",
+                               selector="app.kubernetes.io/name=infera-runtime,infera.dev/inferenceservice=chat")  # fmt: skip
+    obj = isvc(generation=3, observed=3)
+    obj["status"] = status
+    health, message = run(lua51, obj)
+    ready = st.condition(status, "Ready")
+    assert ready is not None
+    assert health == expected, (health, message, ready)
 
 
 def test_argocd_cm_snippet_in_docs_is_the_script() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from packaging_support import REPO
+from packaging_support import REPO, operator_reasons
 
 EXAMPLES = sorted((REPO / "e2e" / "examples").glob("*.yaml"))
 CRD_FILE = REPO / "crds" / "infera.dev_inferenceservices.yaml"
@@ -123,9 +122,7 @@ def test_schema_validation_is_live() -> None:
 
 
 # --------------------------------------------------------------------------------- troubleshooting
-OPERATOR_SRC = REPO / "operator" / "infera_operator"
 TROUBLESHOOTING = REPO / "operator" / "docs" / "troubleshooting.md"
-REASON_RE = re.compile(r"[A-Z][A-Za-z0-9]+")
 # Reasons the operator copies from Kubernetes objects (Deployment and HPA conditions); the doc
 # explains the common ones. The operator's own reasons are read from its code below.
 KUBERNETES_REASONS = {
@@ -138,104 +135,6 @@ KUBERNETES_REASONS = {
     "FailedGetScale",
     "FailedComputeMetricsReplicas",
 }
-
-
-def _constants(node: ast.AST, env: dict[str, set[str]] | None = None) -> set[str]:
-    """CamelCase string literals in an expression (``x.get("reason") or "Default"`` -> Default);
-    an f-string ``f"Not{type_}"`` keeps its literal part, completed by ``_expand``; a local variable
-    in ``env`` stands for the literals assigned to it."""
-    if isinstance(node, ast.Name) and env and node.id in env:
-        return env[node.id]
-    if isinstance(node, ast.JoinedStr):
-        return {"".join(str(v.value) for v in node.values if isinstance(v, ast.Constant)) + "{}"}
-    if isinstance(node, ast.Constant):
-        value = node.value
-        return {value} if isinstance(value, str) and REASON_RE.fullmatch(value) else set()
-    out: set[str] = set()
-    if isinstance(node, ast.IfExp):  # the values, not the test
-        children: list[ast.expr] = [node.body, node.orelse]
-    elif isinstance(node, ast.BoolOp):
-        children = list(node.values)
-    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        children = list(node.elts)
-    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str":
-        children = list(node.args)
-    else:  # e.g. obj.get("reason"): a key, not a value
-        children = []
-    for child in children:
-        out |= _constants(child, env)
-    return out
-
-
-def _local_literals(func: ast.FunctionDef) -> dict[str, set[str]]:
-    """For each local variable of ``func``: the CamelCase literals of the values assigned to it."""
-    env: dict[str, set[str]] = {}
-    for node in ast.walk(func):
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    env.setdefault(target.id, set()).update(_constants(node.value))
-    return env
-
-
-def _tuple_strings(tree: ast.Module, name: str) -> set[str]:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            return _constants(node.value)
-    return set()
-
-
-def _reasons_at(node: ast.AST, env: dict[str, set[str]]) -> set[str]:
-    reasons: set[str] = set()
-    if isinstance(node, ast.Call):
-        func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
-        if func == "Condition" and len(node.args) >= 3:
-            reasons |= _constants(node.args[2], env)
-        for kw in node.keywords:
-            if kw.arg == "reason":
-                reasons |= _constants(kw.value, env)
-    elif isinstance(node, ast.FunctionDef) and node.name == "classify_unschedulable":
-        for ret in ast.walk(node):
-            if isinstance(ret, ast.Return) and ret.value is not None:
-                reasons |= _constants(ret.value, env)
-    elif isinstance(node, ast.Tuple) and len(node.elts) == 3:
-        first = node.elts[0]
-        if isinstance(first, ast.Constant) and first.value in ("Normal", "Warning"):
-            reasons |= _constants(node.elts[1], env)
-        # ("Warning" if ... else "Normal", reason, message)
-        if isinstance(first, ast.IfExp) and {"Normal", "Warning"} & _constants(first):
-            reasons |= _constants(node.elts[1], env) - {"Normal", "Warning"}
-    return reasons
-
-
-def operator_reasons() -> set[str]:
-    """Every condition or Event reason the operator's code can emit (from its AST):
-
-    * the ``reason`` argument of every ``Condition(type, status, reason, message)``,
-    * every ``reason=`` keyword (kopf's event helpers, Event manifests),
-    * what ``classify_unschedulable`` returns and the ``FAILING_WAITING_REASONS`` it passes on,
-    * the reason of each ``("Normal"|"Warning", reason, message)`` Event tuple.
-    """
-    reasons: set[str] = set()
-    for path in sorted(OPERATOR_SRC.glob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        reasons |= _tuple_strings(tree, "FAILING_WAITING_REASONS")
-        scopes: list[tuple[ast.AST, dict[str, set[str]]]] = [(tree, {})]
-        scopes += [(f, _local_literals(f)) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)]
-        for scope, env in scopes:
-            for node in ast.walk(scope):
-                reasons |= _reasons_at(node, env)
-    return _expand(reasons)
-
-
-def _expand(reasons: set[str]) -> set[str]:
-    """``f"Not{type_}"`` over the HPA condition types the autoscaler condition inspects."""
-    out = {r for r in reasons if "{}" not in r}
-    for r in reasons - out:
-        out |= {r.replace("{}", t) for t in ("AbleToScale", "ScalingActive")}
-    return out
 
 
 def documented_reasons() -> set[str]:
