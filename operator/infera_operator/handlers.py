@@ -141,6 +141,13 @@ def probe_known(memo: kopf.Memo, **_: Any) -> int:
     return len(ctl.known) if isinstance(ctl, Controller) else 0
 
 
+@kopf.on.probe(id="reconciles")
+def probe_reconciles(memo: kopf.Memo, **_: Any) -> int:
+    """Liveness detail: reconciles run since start (with or without writes)."""
+    ctl = memo.get("controller")
+    return ctl.reconciles if isinstance(ctl, Controller) else 0
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
