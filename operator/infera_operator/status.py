@@ -137,6 +137,12 @@ def scheduled_condition(obs: Observed) -> Condition:
     return Condition(SCHEDULED, "True", "AllPodsScheduled", f"{len(pods)} of {len(pods)} pods scheduled")
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line (a termination message may hold a log tail: FallbackToLogsOnError)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:512] if lines else ""
+
+
 def container_problem(pods: list[Obj]) -> Condition | None:
     """The first container (by pod name) failing to start or crash-looping, as a condition."""
     for pod in _live_pods(pods):
@@ -149,7 +155,7 @@ def container_problem(pods: list[Obj]) -> Condition | None:
             pod_name = (pod.get("metadata") or {}).get("name", "?")
             if reason == "CrashLoopBackOff":
                 term = (cs.get("lastState") or {}).get("terminated") or {}
-                detail = str(term.get("message") or "").strip()
+                detail = last_line(str(term.get("message") or ""))
                 if not detail:
                     detail = f"exit code {term.get('exitCode', '?')}"
                     if term.get("reason"):

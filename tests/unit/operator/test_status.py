@@ -71,12 +71,14 @@ def test_crash_loop_reports_the_last_error_line() -> None:
         container={
             "restartCount": 4,
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 1, "message": "model /m not found"}},
+            "lastState": {
+                "terminated": {"exitCode": 1, "message": "loading /m\nTraceback ...\nmodel /m not found\n"}
+            },
         }
     )
     c = by_type(st.compute_conditions(obs(deployment=dep(ready=0, available=False), pods=[p])))
     assert c["Ready"].reason == "CrashLoopBackOff"
-    assert "model /m not found" in c["Ready"].message
+    assert c["Ready"].message.endswith("last termination: model /m not found")
     assert "4 restarts" in c["Ready"].message
 
 
