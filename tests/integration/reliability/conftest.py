@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_support import MAX_MODEL_LEN, VLLM_MAX_INFLIGHT, VLLM_MAX_QUEUE, RuntimeProcess
+from reliability_support import (
+    MAX_MODEL_LEN,
+    SYNTHETIC_REQUEST_TIMEOUT_S,
+    VLLM_MAX_INFLIGHT,
+    VLLM_MAX_QUEUE,
+    RuntimeProcess,
+)
 
 from infera_testenv import tinymodel
 
@@ -58,6 +64,7 @@ def synthetic_runtime() -> Iterator[RuntimeProcess]:
             "INFERA_ENGINE_ARGS": json.dumps({"token_latency_s": 0.01}),
             "INFERA_MAX_INFLIGHT": "256",
             "INFERA_MAX_QUEUE": "512",
+            "INFERA_REQUEST_TIMEOUT_S": str(SYNTHETIC_REQUEST_TIMEOUT_S),
             "INFERA_LOG_LEVEL": "warning",
             "INFERA_SHUTDOWN_GRACE_S": "5",
         },

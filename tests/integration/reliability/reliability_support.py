@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[3]
 VLLM_MAX_INFLIGHT = 2
 VLLM_MAX_QUEUE = 2
 MAX_MODEL_LEN = 512
+# The synthetic runtime's request_timeout_s: bounds how long a slow client may hold a request.
+SYNTHETIC_REQUEST_TIMEOUT_S = 10
 
 
 def free_port() -> int:
