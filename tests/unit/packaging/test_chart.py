@@ -116,6 +116,36 @@ def test_image_digest_and_values(helm_bin: Path) -> None:
     assert {e["name"]: e.get("value") for e in c["env"]}["INFERA_LOG_FORMAT"] == "text"
 
 
+def test_runtime_image_value(helm_bin: Path) -> None:
+    default = by_kind(render(helm_bin), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--runtime-image") for a in default["args"])
+    objs = render(helm_bin, "operator.runtimeImage=registry.example/infera-runtime:1.2.3")
+    c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--runtime-image=registry.example/infera-runtime:1.2.3" in c["args"]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [(), ("operator.watchNamespaces={a,b}", "operator.prometheusUrl=http://prom:9090",
+          "operator.runtimeImage=r.example/rt:1", "operator.logLevel=debug")],
+    ids=["default", "everything"],
+)  # fmt: skip
+def test_rendered_command_is_accepted_by_the_operator(helm_bin: Path, sets: tuple[str, ...]) -> None:
+    """The container's args and env parse with the operator's own option parser, to the intended options."""
+    from infera_operator.options import parse_args
+
+    c = by_kind(render(helm_bin, *sets), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    opts = parse_args(c["args"], env)
+    assert opts.standalone and opts.liveness == "http://0.0.0.0:8080/healthz"
+    if sets:
+        assert opts.namespaces == ("a", "b") and not opts.clusterwide
+        assert opts.prometheus_url == "http://prom:9090" and opts.runtime_image == "r.example/rt:1"
+        assert opts.log_level == "debug"
+    else:
+        assert opts.clusterwide and opts.log_format == "json" and opts.log_level == "info"
+
+
 def test_rbac_is_least_privilege(helm_bin: Path) -> None:
     rules = rules_of(render(helm_bin), "ClusterRole")
     for r in rules:
