@@ -41,7 +41,9 @@ def isvc(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 class OperatorProcess:
-    def __init__(self, cluster: Cluster, env: dict[str, str]) -> None:
+    def __init__(
+        self, cluster: Cluster, env: dict[str, str], args: tuple[str, ...] = ("--all-namespaces",)
+    ) -> None:
         self.cluster = cluster
         self.port = free_port()
         self.logpath = Path(cluster.dir) / "logs" / f"operator-{self.port}.log"
@@ -51,7 +53,7 @@ class OperatorProcess:
                 sys.executable,
                 "-m",
                 "infera_operator",
-                "--all-namespaces",
+                *args,
                 "--standalone",
                 f"--liveness=http://127.0.0.1:{self.port}/healthz",
             ],
