@@ -3,7 +3,7 @@
 Run through ``bash e2e/demo.sh``. It builds or reuses everything, starts the stack, applies a
 sample InferenceService with kubectl, waits for ``condition=Ready``, prints the ``kubectl get``
 table and one chat completion, then keeps a light load going and refreshes the table (with live
-Tokens/s) until Ctrl-C, when it tears everything down. ``--once`` exits after the first cycle.
+Tokens/s) until Ctrl-C, when it tears everything down. ``--once`` exits after four refreshes (about 40 s of load).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def say(msg: str) -> None:
     print(f"\n==> {msg}", flush=True)
 
 
-def load(stack: Stack, stop: threading.Event, concurrency: int = 4) -> None:
+def load(stack: Stack, stop: threading.Event, concurrency: int = 4) -> list[threading.Thread]:
     """A gentle stream of chat completions to the Ready pods, so Tokens/s has something to show."""
     from openai import OpenAI
 
@@ -48,11 +48,14 @@ def load(stack: Stack, stop: threading.Event, concurrency: int = 4) -> None:
                     extra_body={"ignore_eos": True},
                 )
             except Exception as exc:
-                print(f"   (load worker {i}: {exc})", flush=True)
+                if not stop.is_set():  # errors while tearing down are expected, not news
+                    print(f"   (load worker {i}: {exc})", flush=True)
                 stop.wait(1)
 
-    for i in range(concurrency):
-        threading.Thread(target=worker, args=(i,), daemon=True).start()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         print("   (a tiny model with random weights: the words are noise, the serving path is real)")
 
         say("Sending a light load; the table refreshes with live Tokens/s (Ctrl-C to stop)")
-        load(stack, stopping)
+        workers = load(stack, stopping)
         rounds = 0
         while not stopping.wait(10):
             rounds += 1
             print(c.kubectl("get", "inferenceservices").stdout, flush=True)
             if args.once and rounds >= 4:
                 break
+        stopping.set()
+        for w in workers:  # let in-flight requests finish before the pods go away
+            w.join(timeout=60)
         return 0
     finally:
         stopping.set()

@@ -193,6 +193,17 @@ def rollout_complete(dep: Obj) -> bool:
     )
 
 
+def serving_current_template(dep: Obj) -> bool:
+    """Every pod runs the current template and at least one is available: the model the spec asks
+    for is being served. A scale-up (by ``kubectl scale`` or the HPA) keeps this true; a rollout of
+    a changed template does not, until no old pod is left."""
+    meta, st = dep.get("metadata") or {}, dep.get("status") or {}
+    if int(st.get("observedGeneration", 0)) < int(meta.get("generation", 0)):
+        return False
+    updated = int(st.get("updatedReplicas", 0))
+    return int(st.get("replicas", 0)) <= updated and min(updated, int(st.get("availableReplicas", 0))) >= 1
+
+
 def deployment_condition(obs: Observed) -> Condition:
     dep = obs.deployment
     if dep is None:
@@ -282,9 +293,14 @@ def ready_condition(
     dep = obs.deployment
     if available.status == "False" and available.reason in FAILING_WAITING_REASONS:
         return Condition(READY, "False", available.reason, available.message)
-    if dep is not None and available.true and rollout_complete(dep):
+    if dep is not None and available.true and serving_current_template(dep):
         ready = int((dep.get("status") or {}).get("readyReplicas", 0))
-        return Condition(READY, "True", "Serving", f"{ready} ready replicas serve the model")
+        if rollout_complete(dep):
+            return Condition(READY, "True", "Serving", f"{ready} ready replicas serve the model")
+        wanted = int((dep.get("spec") or {}).get("replicas", 1))
+        return Condition(
+            READY, "True", "Serving", f"{ready} of {wanted} replicas ready; serving while the rest start"
+        )
     if scheduled.status == "False":
         return Condition(READY, "False", scheduled.reason, scheduled.message)
     if available.status == "False":

@@ -101,6 +101,21 @@ def test_rolling_out_while_the_deployment_lags_its_generation() -> None:
     assert c["Ready"].status == "False" and c["Ready"].reason == "RollingOut"
 
 
+def test_a_scale_up_keeps_ready_while_the_new_pods_start() -> None:
+    """kubectl scale or the HPA adding pods must not flip Ready: the current model still serves."""
+    d = dep(replicas=2, ready=1)
+    c = by_type(st.compute_conditions(obs(deployment=d, pods=[pod(), pod("p-2")], replicas_wanted=2)))
+    assert c["Ready"].status == "True" and c["Ready"].reason == "Serving"
+    assert "1 of 2 replicas ready" in c["Ready"].message
+
+
+def test_a_template_change_is_rolling_out_until_no_old_pod_is_left() -> None:
+    d = dep(replicas=1, ready=1)
+    d["status"].update(replicas=2, updatedReplicas=1, availableReplicas=1)
+    c = by_type(st.compute_conditions(obs(deployment=d, pods=[pod(), pod("p-2")])))
+    assert c["Ready"].status == "False" and c["Ready"].reason == "RollingOut"
+
+
 def test_scaled_to_zero_is_not_ready() -> None:
     c = by_type(st.compute_conditions(obs(deployment=dep(replicas=0, ready=0), replicas_wanted=0)))
     assert c["Ready"].reason == "ScaledToZero"
