@@ -3,10 +3,12 @@
 --   Healthy      Ready=True and status.observedGeneration == metadata.generation
 --   Progressing  no status yet, generation not observed yet, Ready missing/Unknown, or Ready=False
 --                with a reason that resolves by itself (RollingOut: pods starting, model loading)
---   Degraded     Ready=False with a failure reason that needs a person (InsufficientGPU,
---                ImagePullBackOff, CrashLoopBackOff, InvalidSpec, ...), or one of those reasons on a
---                detailed condition (ConfigReady, Scheduled, DeploymentAvailable); AutoscalerReady is
---                informational in infera and never changes the health
+--   Degraded     Ready not True and a failure reason that needs a person (InsufficientGPU,
+--                ImagePullBackOff, CrashLoopBackOff, InvalidSpec, ...) on Ready or on a detailed
+--                condition (ConfigReady, Scheduled, DeploymentAvailable), or Ready=False with a reason
+--                it does not know; AutoscalerReady is informational and never changes the health.
+--                While Ready=True (e.g. a scale-up waiting for GPUs) a detailed failure is only
+--                appended to the Healthy message
 --   Suspended    Ready=False with reason ScaledToZero (spec.replicas = 0 without autoscaling)
 -- The reasons are the operator's (operator/docs/troubleshooting.md). Reasons in neither list count as
 -- Degraded when Ready=False: an unknown failure should be seen.
@@ -74,12 +76,20 @@ local function health(o)
   local observed = o.status.observedGeneration
   local conditions = o.status.conditions or {}
 
-  -- A failure on any detailed condition is reported even while the generation is being rolled out.
+  local ready = condition(conditions, "Ready")
+  local serving = ready ~= nil and ready.status == "True"
+
+  -- Unless the model is served, a failure on any detailed condition is reported, even while a new
+  -- generation is being rolled out. While it is served (e.g. a scale-up waiting for GPUs), Ready wins.
+  local failing = nil
   for _, ctype in ipairs({ "Ready", "ConfigReady", "Scheduled", "DeploymentAvailable" }) do
     local c = condition(conditions, ctype)
-    if c ~= nil and c.status == "False" and c.reason ~= nil and failure_reasons[c.reason] then
-      return "Degraded", ctype .. " is False, " .. describe(c)
+    if failing == nil and c ~= nil and c.status == "False" and c.reason ~= nil and failure_reasons[c.reason] then
+      failing = ctype .. " is False, " .. describe(c)
     end
+  end
+  if failing ~= nil and not serving then
+    return "Degraded", failing
   end
 
   if generation ~= nil and (observed == nil or observed < generation) then
@@ -87,7 +97,6 @@ local function health(o)
       .. " (observed " .. tostring(observed or "none") .. ")"
   end
 
-  local ready = condition(conditions, "Ready")
   if ready == nil or ready.status == "Unknown" or ready.status == nil then
     if ready ~= nil then
       return "Progressing", describe(ready)
@@ -106,6 +115,9 @@ local function health(o)
     end
     if o.status.url ~= nil then
       msg = msg .. " at " .. o.status.url
+    end
+    if failing ~= nil then
+      msg = msg .. "; " .. failing
     end
     return "Healthy", msg
   end

@@ -187,6 +187,10 @@ OPERATOR_CASES = {
     "crash-loop": (st.Observed("chat", "ml", 3, deployment=deployment(1, 0, False), replicas_wanted=1,
                                pods=[pod("a", waiting="CrashLoopBackOff")]), "Degraded"),
     "invalid-spec": (st.Observed("chat", "ml", 3, problems=["autoscaling needs at least one target"]), "Degraded"),
+    # A scale-up from 1 to 2 replicas whose new pod finds no GPU: still served (Ready=True).
+    "scale-up-no-gpu": (st.Observed("chat", "ml", 3, deployment=deployment(2, 1, True), replicas_wanted=2,
+                                    pods=[pod("a"), pod("b", False, "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]),
+                        "Healthy"),
     "scaled-to-zero": (st.Observed("chat", "ml", 3, deployment=deployment(0, 0, True), replicas_wanted=0),
                        "Suspended"),
 }  # fmt: skip
@@ -204,6 +208,8 @@ def test_statuses_computed_by_the_operator(lua51: Any, case: str) -> None:
     ready = st.condition(status, "Ready")
     assert ready is not None
     assert health == expected, (health, message, ready)
+    if case == "scale-up-no-gpu":
+        assert ready["status"] == "True" and "Scheduled is False, InsufficientGPU" in message
 
 
 def test_argocd_cm_snippet_in_docs_is_the_script() -> None:
