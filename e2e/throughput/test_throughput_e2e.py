@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,11 @@ def tokens_column(table_text: str) -> float:
 
 
 async def run_load(urls: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
-    """Streaming chat completions against the pods; counts tokens per pod with their arrival times."""
+    """Streaming chat completions against the pods; counts tokens per pod and, per request, when its
+    tokens arrived: (first content chunk, last content chunk, completion tokens from usage). Chunks are
+    not tokens: under load vLLM merges several new tokens into one delta, so usage is what counts."""
     stop_at = time.monotonic() + seconds
-    arrivals: list[float] = []
+    arrivals: list[tuple[float, float, int]] = []
     per_url = dict.fromkeys(urls, 0)
     errors: list[str] = []
 
@@ -62,12 +65,16 @@ async def run_load(urls: list[str], seconds: float, concurrency: int) -> dict[st
                     extra_body={"ignore_eos": True},
                 )
                 usage = 0
+                first = last = 0.0
                 async for chunk in stream:
                     if chunk.choices and chunk.choices[0].delta.content:
-                        arrivals.append(time.monotonic())
+                        last = time.monotonic()
+                        first = first or last
                     if chunk.usage is not None:
                         usage = chunk.usage.completion_tokens
                 per_url[url] += usage
+                if usage and first:
+                    arrivals.append((first, last, usage))
             except Exception as exc:
                 errors.append(repr(exc))
         await client.close()
@@ -76,8 +83,15 @@ async def run_load(urls: list[str], seconds: float, concurrency: int) -> dict[st
     return {"arrivals": arrivals, "per_url": per_url, "errors": errors}
 
 
-def client_rate(arrivals: list[float], start: float, end: float) -> float:
-    n = sum(1 for t in arrivals if start <= t <= end)
+def client_rate(arrivals: list[tuple[float, float, int]], start: float, end: float) -> float:
+    """Tokens per second in [start, end], each request's tokens spread evenly over its streaming time."""
+    n = 0.0
+    for first, last, tokens in arrivals:
+        if last <= first:
+            n += tokens if start <= first <= end else 0
+        else:
+            overlap = max(0.0, min(end, last) - max(start, first))
+            n += tokens * overlap / (last - first)
     return n / (end - start)
 
 
@@ -95,21 +109,24 @@ async def load_and_sample(
         samples.append((time.monotonic() - t0, tp, tbl))
     stats = await task
     stats["t0"] = t0
+    stats["wall_offset"] = time.time() - time.monotonic()
     return stats, samples
 
 
 def check_agreement(stats: dict[str, Any], samples: list[Any], window: float = 20.0) -> float:
     assert not stats["errors"], stats["errors"][:3]
     arrivals = stats["arrivals"]
-    assert len(arrivals) > 100, "the load produced too few tokens to compare"
-    # The operator's rate is over a 20 s window ending at its last scrape; compare with the
-    # client's rate over the same stretch of steady load: the latest status sampled well inside it.
-    t0 = stats["t0"]
+    assert sum(tokens for _, _, tokens in arrivals) > 100, "the load produced too few tokens to compare"
+    # The operator's rate is over a 20 s window ending at its last scrape (measuredAt); compare with
+    # the client's rate over that same window, taking a status sampled once the window is full of load.
     late = [(t, tp, tbl) for t, tp, tbl in samples if t > window + 8 and tp.get("generationTokensPerSecond")]
     assert late, f"no throughput in status during load: {samples[-3:]}"
-    t, tp, tbl = late[-1]
+    _, tp, tbl = late[-1]
     reported = float(tp["generationTokensPerSecond"])
-    measured = client_rate(arrivals, t0 + t - window - 3, t0 + t - 3)
+    # measuredAt (wall clock, whole seconds) on the monotonic clock of the arrivals.
+    measured_at = datetime.fromisoformat(tp["measuredAt"].replace("Z", "+00:00")).timestamp()
+    end = measured_at - stats["wall_offset"]
+    measured = client_rate(arrivals, end - window, end)
     print(f"\nclient counted {measured:.1f} tokens/s; status says {reported} tokens/s\n{tbl}")
     assert tokens_column(tbl) == pytest.approx(reported, rel=0.02)  # the printer column shows it
     assert reported == pytest.approx(measured, rel=0.2), (reported, measured, tp)
