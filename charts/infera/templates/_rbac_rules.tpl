@@ -3,24 +3,25 @@ The operator's permissions in a watched namespace (or cluster-wide when it watch
 Each rule names what the operator does with it; nothing else is granted (no Secrets at all).
 */}}
 {{- define "infera.rbacRules" -}}
-# Watch InferenceServices; kopf patches them for its finalizer and its progress annotations.
+# Watch InferenceServices. The operator never writes them (no finalizer, kopf state kept in memory).
 - apiGroups: ["infera.dev"]
   resources: ["inferenceservices"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 # Status: conditions, replicas, url, throughput.
 - apiGroups: ["infera.dev"]
   resources: ["inferenceservices/status"]
-  verbs: ["get", "patch", "update"]
-# Children: ConfigMap NAME-config, Service NAME, Deployment NAME, HPA NAME.
+  verbs: ["get", "patch"]
+# Children: ConfigMap NAME-config, Service NAME, Deployment NAME, HPA NAME (server-side apply is a
+# PATCH, and needs create for a child that does not exist yet; delete: the HPA when autoscaling is off).
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Runtime pods: readiness, scheduling and container failure reasons, pod IPs for metrics.
 - apiGroups: [""]
   resources: ["pods"]
@@ -28,7 +29,7 @@ Each rule names what the operator does with it; nothing else is granted (no Secr
 # Kubernetes events about InferenceServices (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from packaging_support import CHART, REPO, by_kind, render, run_helm
 
-OPERATOR_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+OPERATOR_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 
 
 def rules_of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -155,8 +155,8 @@ def test_rbac_is_least_privilege(helm_bin: Path) -> None:
             assert res not in {"secrets", "pods/exec", "pods/attach", "serviceaccounts/token", "nodes",
                                "roles", "rolebindings", "clusterroles", "clusterrolebindings"}, res  # fmt: skip
         assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(r["verbs"]), r
-    assert granted(rules, "infera.dev", "inferenceservices") == {"get", "list", "watch", "patch"}
-    assert granted(rules, "infera.dev", "inferenceservices/status") == {"get", "patch", "update"}
+    assert granted(rules, "infera.dev", "inferenceservices") == {"get", "list", "watch"}
+    assert granted(rules, "infera.dev", "inferenceservices/status") == {"get", "patch"}
     for group, res in [
         ("", "configmaps"),
         ("", "services"),
@@ -165,7 +165,7 @@ def test_rbac_is_least_privilege(helm_bin: Path) -> None:
     ]:
         assert granted(rules, group, res) == OPERATOR_VERBS, (group, res)
     assert granted(rules, "", "pods") == {"get", "list", "watch"}
-    assert granted(rules, "", "events") == {"create", "patch"}
+    assert granted(rules, "", "events") == {"create"}
     assert granted(rules, "", "secrets") == set()
     # kopf watches CRDs (read-only); cluster-wide it has no need to watch Namespaces.
     assert granted(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
