@@ -56,6 +56,7 @@ class RequestResult:
     error: str | None = None
     retry_after: str | None = None
     prompt_tokens: int | None = None
+    chunks: int = 0  # SSE events that carried text
 
     @property
     def ok(self) -> bool:
@@ -109,6 +110,10 @@ class LoadResult:
     def prompt_tokens(self) -> int | None:
         """Prompt tokens of the first successful request that reported usage."""
         return next((r.prompt_tokens for r in self.ok if r.prompt_tokens is not None), None)
+
+    @property
+    def chunks_per_request(self) -> float:
+        return sum(r.chunks for r in self.ok) / len(self.ok) if self.ok else math.nan
 
     @property
     def tokens_per_request(self) -> float:
@@ -228,7 +233,15 @@ async def stream_request(
             tokens = usage_tokens if usage_tokens is not None else chunks_with_text
             err = None if finished else "stream ended without finish_reason and [DONE]"
             return RequestResult(
-                200, start, ttft, end - start, tokens, finished, error=err, prompt_tokens=prompt_tokens
+                200,
+                start,
+                ttft,
+                end - start,
+                tokens,
+                finished,
+                error=err,
+                prompt_tokens=prompt_tokens,
+                chunks=chunks_with_text,
             )
     except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, OSError) as exc:
         return RequestResult(

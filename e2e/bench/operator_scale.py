@@ -51,13 +51,14 @@ GROUP, VERSION, PLURAL = "infera.dev", "v1alpha1", "inferenceservices"
 CRD_FILE = REPO / "crds" / "infera.dev_inferenceservices.yaml"
 OPERATOR_USER = "infera-operator"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+READ_VERBS = ("get", "list")
 AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived, ResponseStarted]
 rules:
   - level: Metadata
     users: ["{OPERATOR_USER}"]
-    verbs: [{", ".join(WRITE_VERBS)}]
+    verbs: [{", ".join(WRITE_VERBS + READ_VERBS)}]
   - level: None
 """
 
@@ -101,8 +102,8 @@ class AuditedCluster(Cluster):
         time.sleep(2.5)  # let the batch backend flush what came before
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
-    def audit_writes(self, since: int) -> collections.Counter[str]:
-        """Operator writes logged after byte offset ``since``, by 'verb resource[/sub]'."""
+    def audit_writes(self, since: int, verbs: tuple[str, ...] = WRITE_VERBS) -> collections.Counter[str]:
+        """Operator requests (default: writes) logged after byte offset ``since``, by 'verb resource[/sub]'."""
         time.sleep(2.5)
         counts: collections.Counter[str] = collections.Counter()
         with self.audit_log.open("rb") as f:
@@ -112,7 +113,7 @@ class AuditedCluster(Cluster):
                     ev = json.loads(line)
                 except ValueError:
                     continue
-                if ev.get("user", {}).get("username") != OPERATOR_USER or ev.get("verb") not in WRITE_VERBS:
+                if ev.get("user", {}).get("username") != OPERATOR_USER or ev.get("verb") not in verbs:
                     continue
                 ref = ev.get("objectRef", {})
                 res = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, isvc(name))
             applied[name] = time.monotonic()
 
+        rollout_off = cluster.audit_offset()
         t_apply = time.monotonic()
         with ThreadPoolExecutor(args.workers) as pool:
             list(pool.map(create, names))
@@ -308,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(f"{n} Ready", lambda: len(isvcs.ready_at) >= n, args.timeout, interval=2)
         all_ready_s = time.monotonic() - t_apply
         print(f"all Ready after {all_ready_s:.1f}s", flush=True)
+        rollout = cluster.audit_writes(rollout_off)
+        if not rollout:
+            raise RuntimeError(
+                "the audit log shows no operator write for the rollout: the measurement is broken"
+            )
         to_deploy = [deploys.first_seen[x] - applied[x] for x in names]
         to_ready = [isvcs.ready_at[x] - applied[x] for x in names]
 
@@ -318,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"counting operator writes over {window:.0f}s ({args.resyncs} periodic resyncs)", flush=True)
         time.sleep(window)
         steady = cluster.audit_writes(off)
+        steady_reads = cluster.audit_writes(off, READ_VERBS)
         rss, peak = operator.rss()
 
         # ---------------------------------------------------------------- restart: a full resume resync
@@ -328,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restarted the operator; counting writes over {restart_window:.0f}s", flush=True)
         time.sleep(restart_window)
         restart = cluster.audit_writes(off)
+        restart_reads = cluster.audit_writes(off, READ_VERBS)
         rss2, peak2 = operator.rss()
 
         def ready(name: str) -> bool:
@@ -356,11 +365,15 @@ def main(argv: list[str] | None = None) -> int:
             ["apply -> Ready p50, s", percentile(to_ready, 50)],
             ["apply -> Ready p99, s", percentile(to_ready, 99)],
             ["apply of the first -> all Ready, s", all_ready_s],
+            ["API writes to roll out all (create -> Ready)", sum(rollout.values())],
+            ["  writes by verb", fmt_counts(rollout)],
             [f"API writes per periodic no-op resync ({args.resyncs} resyncs)", steady_total / args.resyncs],
             ["  per object per resync", steady_total / args.resyncs / n],
             ["  writes by verb (whole window)", fmt_counts(steady)],
+            ["  reads in the window (evidence the resyncs ran)", fmt_counts(steady_reads)],
             ["API writes, operator restart (full resume)", restart_total],
             ["  writes by verb", fmt_counts(restart)],
+            ["  reads", fmt_counts(restart_reads)],
             ["not Ready after the restart", len(not_ready)],
             ["operator RSS settled, MiB", rss / 2**20],
             ["operator peak RSS (VmHWM), MiB", peak / 2**20],

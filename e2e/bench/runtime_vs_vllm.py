@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "e2e p50 raw/ours ms",
         "e2e p99 raw/ours ms",
         "ours/raw e2e p50",
+        "text chunks/req raw/ours",
         "errors raw/ours",
     ]
     rows: list[list[Any]] = []
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{raw.e2e(50) * 1e3:.0f} / {ours.e2e(50) * 1e3:.0f}",
                 f"{raw.e2e(99) * 1e3:.0f} / {ours.e2e(99) * 1e3:.0f}",
                 ratio(ours.e2e(50), raw.e2e(50)),
+                f"{raw.chunks_per_request:.1f} / {ours.chunks_per_request:.1f}",
                 f"{len(raw.errors)} / {len(ours.errors)}",
             ]
         )

@@ -56,7 +56,12 @@ class Server:
         self._logf = self.log.open("wb")
         self.proc = subprocess.Popen(
             argv,
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                **env,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), os.environ.get("PYTHONPATH", "")]),
+            },
             stdout=self._logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
