@@ -144,6 +144,21 @@ class RuntimeProcess:
         return total
 
 
+def install_crd(kubectl: Any) -> None:
+    """Apply the InferenceService CRD (idempotent) and wait until the API server serves it.
+
+    ``kubectl`` is ``Cluster.kubectl``."""
+    crd = REPO / "crds" / "infera.dev_inferenceservices.yaml"
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.infera.dev")
+    # the API server needs a moment after Established before it serves the new type everywhere
+    deadline = time.monotonic() + 60
+    while kubectl("get", "infsvc", "-A", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the InferenceService API is not served 60 s after the CRD is Established")
+        time.sleep(0.3)
+
+
 def good_request(base_url: str, model: str) -> dict[str, Any]:
     """A small valid chat completion; asserts it succeeds and returns the body."""
     r = httpx.post(

@@ -10,19 +10,17 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from reliability_support import install_crd
 
 from infera_testenv.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "infera.dev_inferenceservices.yaml"
 GROUP, VERSION, PLURAL = "infera.dev", "v1alpha1", "inferenceservices"
 
 VALID: dict[str, Any] = {
@@ -150,10 +148,7 @@ CASES: list[tuple[str, Any, str]] = [
 
 @pytest.fixture(scope="module")
 def api(cluster: Cluster) -> Iterator[client.CustomObjectsApi]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.infera.dev"
-    )
+    install_crd(cluster.kubectl)
     api_client = config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
     yield client.CustomObjectsApi(api_client)
     api_client.close()

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from reliability_support import install_crd
 
 from infera_testenv.cluster import Cluster
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "infera.dev_inferenceservices.yaml"
 ISVC_LABEL = "infera.dev/inferenceservice"
 MANAGED = "app.kubernetes.io/managed-by=infera-operator"
 CONVERGE_S = 120.0
@@ -86,10 +86,7 @@ class OperatorProcess:
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> Iterator[tuple[Cluster, str, OperatorProcess]]:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.infera.dev"
-    )
+    install_crd(cluster.kubectl)
     ns = f"faults-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     op = OperatorProcess(cluster, ns)
