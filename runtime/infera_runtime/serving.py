@@ -109,6 +109,11 @@ class Call:
         if self.finished or self.reason is not None:
             return
         self.reason = reason
+        log.info(
+            "cancelling request: %s",
+            reason,
+            extra={"request_id": self.request_id, "engine_request_id": self.engine_request_id},
+        )
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
         if self.engine_request_id is not None:

@@ -11,6 +11,7 @@ unfinished requests, since an idle engine core sends no further stats after an a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,11 @@ class VllmEngine(Engine):
         # loop (and so the health endpoints) responsive meanwhile.
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats.factory])
         self._llm = llm
+        # Start vLLM's output handler now, outside any request (it would otherwise start on the
+        # first request and inherit that request's context, request id included).
+        start_handler = getattr(llm, "_run_output_handler", None)
+        if start_handler is not None:
+            start_handler()
         self._tokenizer = llm.get_tokenizer()
         self._max_model_len = int(llm.model_config.max_model_len)
         self._vocab_size = int(llm.model_config.get_vocab_size())
@@ -129,6 +135,12 @@ class VllmEngine(Engine):
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
+            # Stop the output handler first: it would report the closing engine as a failure.
+            handler = getattr(llm, "output_handler", None)
+            if isinstance(handler, asyncio.Task):
+                handler.cancel()
+                with contextlib.suppress(BaseException):
+                    await handler
             await asyncio.to_thread(llm.shutdown)
 
     def is_healthy(self) -> bool:
