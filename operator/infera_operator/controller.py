@@ -12,6 +12,10 @@ kopf's handlers (``handlers.py``) only hand work to one :class:`Controller`:
   reconcile of each (a safety net for missed events). It is process-wide rather than a kopf per-object
   ``@kopf.timer`` because kopf puts a finalizer on every object that has timers or daemons, and
   InferenceServices must carry no finalizer.
+
+Which pods to measure comes from the pod watch kopf already runs (``observe_pod()``), not from a
+LIST per InferenceService per interval: at 500 InferenceServices that would be ~33 LISTs a second.
+The cache is refreshed with one LIST per namespace at each resync, in case a watch event was missed.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ from infera_operator.collector import (
     ThroughputCollector,
     WritePolicy,
 )
-from infera_operator.constants import KIND, PORT_NAME, RUNTIME_PORT
+from infera_operator.constants import (
+    KIND,
+    LABEL_ISVC,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PORT_NAME,
+    RUNTIME_PORT,
+)
 from infera_operator.kube import Kube, KubeError
 from infera_operator.options import OperatorOptions
 from infera_operator.reconcile import ReconcileResult, reconcile
@@ -97,6 +108,51 @@ class Controller:
         self._failures: dict[Key, int] = {}
         self._retry_handles: dict[Key, asyncio.TimerHandle] = {}
         self._throughput: dict[Key, _ThroughputState] = {}
+        # Runtime pods by owner, fed by the pod watch (handlers.configure sets it to {}); None means
+        # no watch feeds it and measure() lists pods itself (tests that drive a Controller alone).
+        self.pods: dict[Key, dict[str, Obj]] | None = None
+
+    # ------------------------------------------------------------------ pods
+    def observe_pod(self, event_type: str | None, pod: Obj) -> None:
+        """A pod watch event (kopf's initial listing has type None)."""
+        meta = pod.get("metadata") or {}
+        owner, namespace, name = (
+            (meta.get("labels") or {}).get(LABEL_ISVC),
+            meta.get("namespace"),
+            meta.get("name"),
+        )
+        if self.pods is None or not (owner and namespace and name):
+            return
+        key = (str(namespace), str(owner))
+        if event_type == "DELETED":
+            by_name = self.pods.get(key)
+            if by_name is not None:
+                by_name.pop(str(name), None)
+                if not by_name:
+                    del self.pods[key]
+        else:
+            self.pods.setdefault(key, {})[str(name)] = pod
+
+    def refresh_pods(self) -> None:
+        """Rebuild the pod cache with one LIST per namespace of known InferenceServices."""
+        if self.pods is None:
+            return
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        fresh: dict[Key, dict[str, Obj]] = {}
+        for namespace in sorted({ns for ns, _ in self.known}):
+            for pod in self.kube.list("Pod", namespace, selector):
+                meta = pod.get("metadata") or {}
+                owner = (meta.get("labels") or {}).get(LABEL_ISVC)
+                if owner:
+                    fresh.setdefault((namespace, str(owner)), {})[str(meta.get("name"))] = pod
+            for key in [k for k in self.pods if k[0] == namespace]:
+                del self.pods[key]
+        self.pods.update(fresh)
+
+    async def pods_of(self, namespace: str, name: str) -> list[Obj]:
+        if self.pods is not None:
+            return list(self.pods.get((namespace, name), {}).values())
+        return await asyncio.to_thread(self.kube.list, "Pod", namespace, render.selector_string(name))
 
     # ------------------------------------------------------------------ reconcile
     async def reconcile_key(self, namespace: str, name: str) -> ReconcileResult | None:
@@ -174,8 +230,7 @@ class Controller:
         """Measure one InferenceService's throughput; patch status.throughput if worth it.
         Returns whether it wrote."""
         key = (namespace, name)
-        selector = render.selector_string(name)
-        pods = await asyncio.to_thread(self.kube.list, "Pod", namespace, selector)
+        pods = await self.pods_of(namespace, name)
         targets: Sequence[PodTarget] = [pod_target(p) for p in pods if pod_ready(p)]
         block = await self.collector.collect(f"{namespace}/{name}", targets)
         if block is None:
@@ -213,14 +268,25 @@ class Controller:
         """The operator's periodic timer (see the module doc); runs until cancelled."""
         interval = self.options.metrics_interval_s
         next_resync = time.monotonic() + self.options.resync_interval_s
+        first = True
         while True:
             await asyncio.sleep(interval)
+            if first:  # the pod watch only reports changes from here on: start from a full picture
+                first = False
+                try:
+                    await asyncio.to_thread(self.refresh_pods)
+                except Exception as e:
+                    log.warning("listing runtime pods failed: %s", e)
             try:
                 await self.measure_all()
             except Exception:
                 log.exception("throughput timer failed")
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self.options.resync_interval_s
+                try:
+                    await asyncio.to_thread(self.refresh_pods)
+                except Exception as e:
+                    log.warning("refreshing the pod cache failed: %s", e)
                 for ns, n in sorted(self.known):
                     self.trigger(ns, n)
 

@@ -112,6 +112,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo["options"] = options
     kube = memo.get("kube") or RestKube.from_environment()
     ctl = Controller(kube=kube, options=options)
+    ctl.pods = {}  # fed by pod_changed (the pod watch below) and refreshed by the timer
     memo["controller"] = ctl
     memo["storages"] = (progress, diffbase)
     memo["timer"] = asyncio.get_running_loop().create_task(ctl.run_timer(), name="infera-timer")
@@ -197,5 +198,8 @@ async def hpa_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Mem
 
 
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-async def pod_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(
+    type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    _controller(memo).observe_pod(type, dict(body))
     _owner_changed(labels, namespace, memo)

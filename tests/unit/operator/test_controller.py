@@ -111,3 +111,36 @@ def test_pod_readiness_and_port() -> None:
     assert not pod_ready(
         {**pod, "status": {"conditions": [{"type": "Ready", "status": "False"}], "podIP": "1"}}
     )
+
+
+async def test_pods_to_measure_come_from_the_watch_not_a_list_per_object() -> None:
+    """At scale a LIST per InferenceService per interval floods the API server: with a pod watch
+    feeding the cache, measuring lists nothing; the resync refresh is one LIST per namespace."""
+    kube = FakeKube()
+    make_cr(kube, {"replicas": 2})
+    ctl, source = controller(kube)
+    ctl.pods = {}
+    await ctl.reconcile_key(NS, "chat")
+    deployment_running(kube)
+    pods = [o for (k, _, _), o in sorted(kube.objects.items()) if k == "Pod"]
+    lists: list[str] = []
+    real_list = kube.list
+
+    def counting_list(kind: str, namespace: str | None, label_selector: str = "") -> list[Any]:
+        lists.append(kind)
+        return list(real_list(kind, namespace, label_selector))
+
+    kube.list = counting_list
+    ctl.observe_pod(None, pods[0])
+    assert await ctl.measure(NS, "chat")
+    assert source.asked[-1] == ["10.0.0.1:8000"] and lists == []
+    ctl.observe_pod("ADDED", pods[1])
+    await ctl.measure(NS, "chat")
+    assert source.asked[-1] == ["10.0.0.1:8000", "10.0.0.2:8000"]
+    ctl.observe_pod("DELETED", pods[0])
+    await ctl.measure(NS, "chat")
+    assert source.asked[-1] == ["10.0.0.2:8000"] and lists == []
+    ctl.refresh_pods()  # a missed event is repaired by the resync's one LIST per namespace
+    assert lists == ["Pod"]
+    await ctl.measure(NS, "chat")
+    assert source.asked[-1] == ["10.0.0.1:8000", "10.0.0.2:8000"]
