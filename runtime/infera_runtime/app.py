@@ -30,12 +30,15 @@ from .admission import Admission
 from .auth import ApiKeys
 from .engine.base import Engine
 from .errors import (
+    BodyTimeoutError,
     InferaError,
     InternalError,
     InvalidRequestError,
     MethodNotAllowedError,
     NotFoundError,
+    PayloadTooLargeError,
     ServiceUnavailableError,
+    UnsupportedMediaTypeError,
     validation_error,
 )
 from .logs import request_id_var
@@ -161,11 +164,48 @@ def error_response(exc: BaseException) -> Response:
     return Response(dumps(err.body()), status_code=err.status, headers=err.headers, media_type=JSON)
 
 
-async def _read_json(request: Request) -> Any:
-    body = await request.body()
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLargeError(
+            f"The request body ({length} bytes) is larger than the limit of {max_bytes} bytes."
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"The request body is larger than the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, settings: RuntimeSettings) -> Any:
+    """The request's JSON body: declared as JSON (or undeclared), bounded in size and in the time
+    the client may take to send it (a slow client never holds a connection longer), parsed without
+    ever turning bad input into a 500."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaTypeError(
+            f"Unsupported Content-Type {content_type!r}: send the body as application/json."
+        )
+    timeout_s = min(settings.body_read_timeout_s, settings.request_timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _read_body(request, settings.max_body_bytes)
+    except TimeoutError:
+        raise BodyTimeoutError(f"The request body was not received within {timeout_s:g} s.") from None
     if not body:
         raise InvalidRequestError("The request body is empty; expected a JSON object.", code="invalid_json")
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InvalidRequestError("The JSON body is nested too deeply.", code="invalid_json") from None
 
 
 def _watch_disconnect(receive: Receive, call: Call) -> asyncio.Task[None]:
@@ -216,7 +256,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     ) -> Response:
         try:
             runtime.check_api(request)
-            body = await _read_json(request)
+            body = await _read_json(request, runtime.settings)
         except Exception as exc:
             return error_response(exc)
         call = serving.new_call(request_id_var.get() or "")

@@ -54,6 +54,30 @@ class InvalidRequestError(InferaError):
     error_type = "invalid_request_error"
 
 
+class BodyTimeoutError(InferaError):
+    """The client did not send its whole request body in time (408; slowloris protection)."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "body_timeout"
+
+
+class PayloadTooLargeError(InferaError):
+    """The request body is larger than ``max_body_bytes`` (413)."""
+
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InferaError):
+    """The body is declared as something other than JSON (415)."""
+
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class ContextLengthExceededError(InvalidRequestError):
     """The prompt, or the prompt plus max_tokens, does not fit in the model's context (400)."""
 

@@ -49,6 +49,12 @@ class RuntimeSettings(BaseSettings):
     max_inflight: int = Field(default=256, ge=1)
     max_queue: int = Field(default=512, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0.0)
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024, description="larger bodies get 413")
+    body_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="a body not fully received by then gets 408 (at most request_timeout_s)",
+    )
     api_key_file: Path | None = None
     shutdown_grace_s: float = Field(default=30.0, ge=0.0)
     log_format: Literal["json", "text"] = "json"

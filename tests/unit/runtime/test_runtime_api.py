@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -323,3 +324,53 @@ async def test_health_probes(server_factory: Any) -> None:
         assert (await cl.get("/health/live")).status_code == 503
         assert (await cl.get("/health/ready")).status_code == 503
         _assert_openai_error(await cl.post("/v1/chat/completions", json=CHAT), 503, "engine_unhealthy")
+
+
+async def test_body_guards_content_type_size_nesting(server_factory: Any) -> None:
+    """Declared non-JSON bodies get 415, bodies over max_body_bytes 413 (before reading them when
+    Content-Length says so, and while reading when it does not), JSON nested past the parser's
+    recursion limit 400: never a 500."""
+    async with server_factory(max_body_bytes=4096) as s:
+        body = json.dumps({"model": "tiny", "messages": MESSAGES}).encode()
+        r = await s.client.post("/v1/chat/completions", content=body, headers={"content-type": "text/plain"})
+        _assert_openai_error(r, 415, "unsupported_media_type")
+        r = await s.client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"}
+        )
+        assert r.status_code == 200, r.text
+        big = b'{"model": "tiny", "prompt": "' + b"a" * 10_000 + b'"}'
+        r = await s.client.post("/v1/completions", content=big, headers={"content-type": "application/json"})
+        _assert_openai_error(r, 413, "payload_too_large")
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+            for _ in range(10):
+                yield b"a" * 1000
+
+        r = await s.client.post(
+            "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
+        )
+        _assert_openai_error(r, 413, "payload_too_large")
+    async with server_factory() as s:
+        deep = b'{"model": "tiny", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        r = await s.client.post(
+            "/v1/chat/completions", content=deep, headers={"content-type": "application/json"}
+        )
+        _assert_openai_error(r, 400, "invalid_json")
+        assert (
+            await s.client.post("/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES})
+        ).status_code == 200
+
+
+async def test_a_slow_body_gets_408_and_frees_the_connection(server_factory: Any) -> None:
+    async with server_factory(body_read_timeout_s=0.5) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"model": '
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert b"body_timeout" in head
