@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from infera_testenv import tinymodel
 from infera_testenv.stack import Stack
 
 pytest_plugins = ["infera_testenv.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")
-def model() -> Path:
-    return tinymodel.build()
+def model(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="session")

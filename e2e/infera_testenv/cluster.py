@@ -162,15 +162,26 @@ class Cluster:
         if self._own_dir and not os.environ.get("INFERA_KEEP_CLUSTER_DIR"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def restart_apiserver(self) -> None:
-        """Kill kube-apiserver and start it again on the same port (for fault tests)."""
+    def restart_apiserver(self, crash: bool = False, down_s: float = 0.0) -> None:
+        """Stop kube-apiserver and start it again on the same port (for fault tests).
+
+        ``crash``: SIGKILL (no graceful drain); otherwise SIGTERM, and SIGKILL if its graceful
+        shutdown (which waits for open watches) outlasts 60 s. ``down_s``: keep it down that long."""
         for p in self.procs:
             if p.name == "kube-apiserver":
-                p.popen.terminate()
-                p.popen.wait(timeout=30)
+                if crash:
+                    p.popen.kill()
+                else:
+                    p.popen.terminate()
+                try:
+                    p.popen.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.popen.kill()
+                    p.popen.wait(timeout=30)
                 p.logfile.close()
                 self.procs.remove(p)
                 break
+        time.sleep(down_s)
         self._start_apiserver()
 
     # ------------------------------------------------------------------ kubectl helpers

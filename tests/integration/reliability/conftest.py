@@ -19,12 +19,10 @@ from reliability_support import (
     RuntimeProcess,
 )
 
-from infera_testenv import tinymodel
-
 
 @pytest.fixture(scope="session")
-def tiny_model_path() -> Path:
-    return Path(tinymodel.build())
+def tiny_model_path(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="session")

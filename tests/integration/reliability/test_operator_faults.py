@@ -196,15 +196,8 @@ def converge(cluster: Cluster, ns: str, op: OperatorProcess, timeout: float = CO
 
 def crash_apiserver(cluster: Cluster, down_s: float = 3.0) -> None:
     """SIGKILL kube-apiserver (a crash: no graceful drain of watches), keep it down a moment,
-    start it again on the same port. (``Cluster.restart_apiserver`` stops it with SIGTERM, and a
-    graceful apiserver shutdown with open watches outlasts its 30 s wait.)"""
-    proc = next(p for p in cluster.procs if p.name == "kube-apiserver")
-    proc.popen.kill()
-    proc.popen.wait(timeout=30)
-    proc.logfile.close()
-    cluster.procs.remove(proc)
-    time.sleep(down_s)
-    cluster._start_apiserver()
+    start it again on the same port."""
+    cluster.restart_apiserver(crash=True, down_s=down_s)
 
 
 def patch(cluster: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:

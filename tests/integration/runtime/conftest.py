@@ -13,15 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infera_testenv import tinymodel
-
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> Path:
-    """The tiny Llama model directory (built once, cached)."""
-    return tinymodel.build()
 
 
 def free_port() -> int:
