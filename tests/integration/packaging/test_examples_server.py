@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import packaging_support as ps
@@ -39,3 +40,18 @@ def test_server_rejects_a_broken_example(cluster: Cluster, namespace: str, crd_i
     proc = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=text, check=False)
     assert proc.returncode != 0
     assert "tensorParallelSize must divide resources.gpus" in proc.stderr
+
+
+def test_kubectl_explain_reads_the_schema_descriptions(cluster: Cluster, crd_installed: None) -> None:
+    """The CRD's descriptions reach users through the API server's OpenAPI (kubectl explain), under
+    the short name too."""
+    out = ""
+    for _ in range(30):  # the OpenAPI v3 document is published a moment after Established
+        proc = cluster.kubectl("explain", "infsvc.spec.engine.maxModelLen", check=False)
+        out = proc.stdout + proc.stderr
+        if proc.returncode == 0:
+            break
+        time.sleep(1)
+    assert "Maximum context length in tokens" in out, out
+    top = cluster.kubectl("explain", "inferenceservices").stdout
+    assert "OpenAI-compatible" in top and "GROUP:      infera.dev" in top, top
