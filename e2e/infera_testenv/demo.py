@@ -35,12 +35,12 @@ def load(stack: Stack, stop: threading.Event, concurrency: int = 4) -> list[thre
 
     def worker(i: int) -> None:
         while not stop.is_set():
-            urls = stack.ready_endpoints(NAMESPACE, NAME)
-            if not urls:
-                stop.wait(1)
-                continue
-            c = OpenAI(base_url=f"{urls[i % len(urls)]}/v1", api_key="unused", max_retries=0, timeout=60)
             try:
+                urls = stack.ready_endpoints(NAMESPACE, NAME)
+                if not urls:
+                    stop.wait(1)
+                    continue
+                c = OpenAI(base_url=f"{urls[i % len(urls)]}/v1", api_key="unused", max_retries=0, timeout=60)
                 c.chat.completions.create(
                     model=NAME,
                     messages=[{"role": "user", "content": f"count to ten, worker {i}"}],
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   {model}")
     say("Starting the control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok GPU nodes)")
     stack = Stack(workdir=Path(tempfile.mkdtemp(prefix="infera-demo-")))
+    workers: list[threading.Thread] = []
     stack.start()
     try:
         c = stack.cluster
@@ -143,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             print(c.kubectl("get", "inferenceservices").stdout, flush=True)
             if args.once and rounds >= 4:
                 break
+        return 0
+    except Exception:
+        if stopping.is_set():  # Ctrl-C also interrupts a kubectl in flight: not an error
+            return 130
+        raise
+    finally:
         stopping.set()
         for w in workers:  # let in-flight requests finish before the pods go away
             w.join(timeout=60)
-        return 0
-    finally:
-        stopping.set()
         stack.stop()
         print("==> Stopped; everything torn down.", flush=True)
 
