@@ -10,6 +10,7 @@ with the synthetic engine. The last test sends SIGTERM to the vLLM runtime and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -385,8 +386,19 @@ async def test_disconnect_aborts_streaming_request(server: Any) -> None:
 async def test_disconnect_aborts_non_streaming_request(server: Any) -> None:
     body = {"model": MODEL, "prompt": "hello", "max_tokens": 500, "n": 64, **LONG}
     async with http(server) as h:
-        with pytest.raises(httpx.ReadTimeout):
-            await h.post("/v1/completions", json=body, timeout=0.5, headers={"X-Request-Id": "it-dc-full"})
+        post = asyncio.create_task(
+            h.post("/v1/completions", json=body, headers={"X-Request-Id": "it-dc-full"})
+        )
+        # Hang up only once the request is generating in the engine (not on a client-side clock).
+        await eventually(server, lambda m: m["infera_engine_requests_running"] > 0 or post.done())
+        if post.done():
+            r = post.result()
+            pytest.fail(
+                f"answered before the client hung up: {r.status_code} {r.text[:500]}\n{server.log_tail()}"
+            )
+        post.cancel()  # httpx closes the connection: the server sees http.disconnect
+        with contextlib.suppress(asyncio.CancelledError):
+            await post
     await eventually(server, idle)
     rec = await access_record(server, "it-dc-full")
     assert rec["status"] == 499 and rec["cancelled"] == "disconnect"
