@@ -118,18 +118,24 @@ def test_config_file_and_sigterm_drain(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(base + "/v1/models").json()["data"][0]["id"] == "from-env"
         events: list[str] = []
+        streaming = threading.Event()
 
         def stream() -> None:
             body = {"model": "from-env", "prompt": "a", "max_tokens": 60, "stream": True}
             with httpx.stream("POST", base + "/v1/completions", json=body, timeout=30) as r:
-                events.extend(line for line in r.iter_lines() if line.startswith("data: "))
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line)
+                        streaming.set()
 
         t = threading.Thread(target=stream)
         t.start()
-        time.sleep(0.3)
+        assert streaming.wait(10), "the stream never started"  # SIGTERM lands mid-stream (60 x 20 ms)
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        assert httpx.get(base + "/health/ready").status_code == 503
+        deadline = time.monotonic() + 5
+        while httpx.get(base + "/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "readiness still 200 five seconds after SIGTERM"
+            time.sleep(0.05)
         r = httpx.post(
             base + "/v1/completions",
             json={"model": "from-env", "prompt": "a"},
