@@ -39,6 +39,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from infera_testenv.cluster import REPO, Cluster
+from infera_testenv.procs import below_tests
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=infera-operator"
 BACKOFF_START_S = 2.0
@@ -324,6 +325,7 @@ class PodSimulator:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=below_tests,
         )
         logf.close()
         sim.started_at = _now()

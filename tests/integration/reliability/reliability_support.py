@@ -23,6 +23,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from infera_testenv.procs import below_tests
+
 REPO = Path(__file__).resolve().parents[3]
 
 # The vLLM runtime admits few requests at once so that the load tests can overload it quickly.
@@ -76,6 +78,7 @@ class RuntimeProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
                 start_new_session=True,
+                preexec_fn=below_tests,
             )
         self.wait_ready()
         return self

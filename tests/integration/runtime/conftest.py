@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infera_testenv.procs import below_tests
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -48,6 +50,7 @@ class RuntimeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=below_tests,
             )
 
     def log_tail(self, n: int = 40) -> str:

