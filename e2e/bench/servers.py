@@ -5,6 +5,9 @@
 * :func:`raw_vllm_server`: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``).
 
 Both yield the base URL once ``/v1/models`` answers, and stop the whole process group after.
+Both run below the benchmark's priority (``infera_testenv.procs.below_tests``): on a 2-core
+machine the server would otherwise starve the load generator for seconds, and the client, not the
+server, would set the pace.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 from loadgen import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "e2e"))
+from infera_testenv.procs import below_tests  # noqa: E402
+
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 )
@@ -67,6 +73,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             start_new_session=True,
+            preexec_fn=below_tests,
         )
 
     def wait_ready(self, timeout_s: float) -> float:
