@@ -73,8 +73,8 @@ class Server:
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             start_new_session=True,
-            preexec_fn=below_tests,
         )
+        below_tests(self.proc.pid)
 
     def wait_ready(self, timeout_s: float) -> float:
         t0 = time.monotonic()

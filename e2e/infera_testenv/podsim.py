@@ -325,8 +325,8 @@ class PodSimulator:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=below_tests,
         )
+        below_tests(sim.proc.pid)
         logf.close()
         sim.started_at = _now()
         sim.started = sim.startup is None

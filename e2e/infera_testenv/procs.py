@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 SERVER_NICE = 10
 
 
-def below_tests() -> None:
-    """``preexec_fn`` for a server the tests drive (a vLLM runtime): run it below their priority.
+def below_tests(pid: int) -> None:
+    """Run server ``pid`` (a vLLM runtime the tests or a benchmark drive) below their priority.
 
     On a 2-core machine vLLM's worker keeps one core busy and the engine loop most of the other,
     so the process driving it (the test that must hang up, poll readiness, send SIGTERM; the
-    control plane; the operator) could be starved for seconds. The child starts its own session
-    (``start_new_session=True``), hence its own scheduler autogroup: lower that group's weight as
-    well as the process's own. Runs in the child between fork and exec.
+    control plane; the operator; a load generator) could be starved for seconds. The server is
+    started in its own session (``start_new_session=True``), hence its own scheduler autogroup:
+    lower that group's weight, which covers every process of the session (vLLM's engine and
+    worker too), as well as the process's own nice value, which the children it forks inherit.
+
+    Called by the parent right after ``Popen`` (not as ``preexec_fn``, which is unsafe in a
+    process with threads, such as the pod simulator); vLLM forks its engine seconds later.
     """
-    os.nice(SERVER_NICE)
-    try:
-        with open("/proc/self/autogroup", "w") as f:
-            f.write(str(SERVER_NICE))
-    except OSError:
-        pass  # no autogroup on this kernel: the nice value alone applies
+    with contextlib.suppress(ProcessLookupError):
+        os.setpriority(os.PRIO_PROCESS, pid, SERVER_NICE)
+    # No autogroup on this kernel, or the process is already gone: the nice value alone applies.
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(SERVER_NICE))

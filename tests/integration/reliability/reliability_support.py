@@ -78,8 +78,8 @@ class RuntimeProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=REPO,
                 start_new_session=True,
-                preexec_fn=below_tests,
             )
+        below_tests(self.proc.pid)
         self.wait_ready()
         return self
 

@@ -50,8 +50,8 @@ class RuntimeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=below_tests,
             )
+        below_tests(self.proc.pid)
 
     def log_tail(self, n: int = 40) -> str:
         try:
