@@ -510,9 +510,13 @@ async def test_request_id_echo_and_logs(server: Any) -> None:
 
 async def test_sigterm_drains_then_exits(server: Any) -> None:
     """Last test: it stops the module's server."""
+    # One full batch (max_num_seqs) of 200 tokens: 3200 tokens take ~0.5 s on a CPU with AVX-512 and
+    # ~2.7 s on one without (~1200 tokens/s): long enough to watch the drain (it takes milliseconds),
+    # short enough to end well inside TIMEOUT_S, where the server would cut it short instead.
+    n, tokens = 16, 200
     c = client(server)
     stream = await c.completions.create(
-        model=MODEL, prompt="drain", max_tokens=1000, n=32, stream=True, extra_body=LONG
+        model=MODEL, prompt="drain", max_tokens=tokens, n=n, stream=True, extra_body=LONG
     )
     first = await stream.__anext__()
     assert first.choices
@@ -535,6 +539,6 @@ async def test_sigterm_drains_then_exits(server: Any) -> None:
         r = await h.post("/v1/completions", json={"model": MODEL, "prompt": "late"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
     await reader
-    assert finishes == {(i, "length") for i in range(32)}  # the in-flight request finished
+    assert finishes == {(i, "length") for i in range(n)}  # the in-flight request finished
     assert await asyncio.to_thread(server.proc.wait, 60) == 0
     assert "stopped" in server.log_tail(5)
