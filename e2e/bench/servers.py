@@ -5,7 +5,7 @@
 * :func:`raw_vllm_server`: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``).
 
 Both yield the base URL once ``/v1/models`` answers, and stop the whole process group after.
-Both run below the benchmark's priority (``infera_testenv.procs.below_tests``): on a 2-core
+Both run below the benchmark's priority (``infera_testenv.procs.start_server``): on a 2-core
 machine the server would otherwise starve the load generator for seconds, and the client, not the
 server, would set the pace.
 """
@@ -28,7 +28,7 @@ from loadgen import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e"))
-from infera_testenv.procs import below_tests  # noqa: E402
+from infera_testenv.procs import start_server  # noqa: E402
 
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -60,7 +60,7 @@ class Server:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         self._logf = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             argv,
             env={
                 **os.environ,
@@ -68,13 +68,9 @@ class Server:
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), os.environ.get("PYTHONPATH", "")]),
             },
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            log=self._logf,
             cwd=REPO,
-            start_new_session=True,
         )
-        below_tests(self.proc.pid)
 
     def wait_ready(self, timeout_s: float) -> float:
         t0 = time.monotonic()

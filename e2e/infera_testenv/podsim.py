@@ -39,7 +39,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from infera_testenv.cluster import REPO, Cluster
-from infera_testenv.procs import below_tests
+from infera_testenv.procs import start_server
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=infera-operator"
 BACKOFF_START_S = 2.0
@@ -318,15 +318,7 @@ class PodSimulator:
         logf = open(self.dir / f"{sim.namespace}_{sim.name}.log", "ab")  # noqa: SIM115 - owned by the child
         logf.write(f"--- start {_now()} (restart {sim.restarts})\n".encode())
         logf.flush()
-        sim.proc = subprocess.Popen(
-            [self.python, "-m", "infera_runtime"],
-            env=env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        below_tests(sim.proc.pid)
+        sim.proc = start_server([self.python, "-m", "infera_runtime"], env=env, log=logf)
         logf.close()
         sim.started_at = _now()
         sim.started = sim.startup is None

@@ -23,7 +23,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from infera_testenv.procs import below_tests
+from infera_testenv.procs import start_server
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -70,16 +70,9 @@ class RuntimeProcess:
 
     def start(self) -> RuntimeProcess:
         with self.log.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infera_runtime"],
-                env=self.env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-                start_new_session=True,
+            self.proc = start_server(
+                [sys.executable, "-m", "infera_runtime"], env=self.env, log=logf, cwd=REPO
             )
-        below_tests(self.proc.pid)
         self.wait_ready()
         return self
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infera_testenv.procs import below_tests
+from infera_testenv.procs import start_server
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,15 +43,7 @@ class RuntimeProcess:
             **env,
         }
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infera_runtime"],
-                env=full,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        below_tests(self.proc.pid)
+            self.proc = start_server([sys.executable, "-m", "infera_runtime"], env=full, log=log)
 
     def log_tail(self, n: int = 40) -> str:
         try:
