@@ -56,14 +56,14 @@ async def serve(settings: RuntimeSettings) -> int:
 
     from .app import Runtime, create_app
     from .auth import ApiKeys, KeyFileError
-    from .engine import make_engine
+    from .engine import make_backend
 
     try:
         keys = ApiKeys(settings.api_key_file) if settings.api_key_file is not None else None
-        engine = make_engine(settings)
+        backend = make_backend(settings)
     except (KeyFileError, ValueError) as exc:
         return fatal(settings.termination_log, str(exc))
-    runtime = Runtime(settings, engine, keys)
+    runtime = Runtime(settings, backend, keys)
     app = create_app(runtime)
 
     class Server(uvicorn.Server):
@@ -95,7 +95,7 @@ async def serve(settings: RuntimeSettings) -> int:
         stop.set()
         if signals > 1:
             log.warning("second signal: stopping now")
-            runtime.serving.cancel_all("shutdown")
+            runtime.cancel_all("shutdown")
             server.should_exit = True
             server.force_exit = True
 
@@ -133,7 +133,7 @@ async def serve(settings: RuntimeSettings) -> int:
             if watch in done and not watch.cancelled():
                 code = fatal(settings.termination_log, "the engine died")
                 runtime.begin_drain()
-                runtime.serving.cancel_all("shutdown")
+                runtime.cancel_all("shutdown")
             elif server_task in done:
                 return fatal(
                     settings.termination_log,
@@ -152,7 +152,7 @@ async def serve(settings: RuntimeSettings) -> int:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(load_task, 60)
         with contextlib.suppress(BaseException):
-            await runtime.engine.shutdown()
+            await runtime.backend.shutdown()
         stop_task.cancel()
         log.info("stopped")
 
@@ -161,7 +161,7 @@ async def _watch_engine(runtime: object) -> None:
     from .app import Runtime
 
     assert isinstance(runtime, Runtime)
-    while runtime.engine.is_healthy():  # noqa: ASYNC110 - vLLM offers no event for engine death
+    while runtime.backend.is_healthy():  # noqa: ASYNC110 - vLLM offers no event for engine death
         await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
 
 

@@ -1,11 +1,25 @@
-"""The HTTP layer: a FastAPI app with thin routes over :mod:`.serving`.
+"""The HTTP layer: what the runtime adds around the OpenAI API that the backend serves.
 
-Routes read the body, check readiness and the API key, and hand the JSON to the serving layer;
-every exception becomes an OpenAI error body in one place, :func:`to_infera_error`. A pure ASGI
-middleware (no per-chunk work beyond one function call) sets the request id (``X-Request-Id``,
-accepted and echoed), counts API requests, times them and writes one access-log line each.
-A client that disconnects is noticed by a listener on the ASGI ``receive`` channel, which
-cancels the call, so the engine aborts the request (streaming or not).
+The OpenAI API itself (every route, request model, error body and stream) is the backend's
+ASGI app: with ``engine="vllm"`` that is vLLM's own OpenAI server app, built in-process over
+the same engine (:mod:`.engine.vllm_engine`). This module is one pure ASGI app in front of it
+that adds, per request, in this order:
+
+* a request id (``X-Request-Id`` accepted when well-formed, else generated; echoed, logged, and
+  passed to the backend so vLLM's request ids carry it);
+* probes and metrics, answered here: ``/health/live|startup|ready``, ``/health`` (what vLLM's
+  ecosystem polls: 200 only while ready, so draining pods leave routers at once), ``/metrics``;
+* the API key (:mod:`.auth`) on everything but probes, ``/metrics``, ``/version`` and ``/ping``;
+* readiness: 503 while the model loads, the engine is unhealthy or the server drains;
+* for ``POST`` requests: the body, bounded in size (413), in time (408) and declared as JSON
+  (415); a prompt whose size alone proves it cannot fit the context is refused with vLLM's
+  400 before anything is tokenized (:func:`prompt_bytes`); then admission (429 with
+  ``Retry-After`` when running and queued are full; FIFO queue otherwise);
+* ``request_timeout_s`` (queue wait plus generation) and shutdown: the backend sees the request
+  as a client disconnect (its ``receive`` answers ``http.disconnect``), which is how vLLM
+  aborts an engine request; the client gets a 504/503, or, mid-stream, an error event and
+  ``data: [DONE]``;
+* request counts, durations and one JSON access-log line per request.
 """
 
 from __future__ import annotations
@@ -18,32 +32,23 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from typing import Any, Literal
 
 from .admission import Admission
 from .auth import ApiKeys
-from .engine.base import Engine
+from .engine.base import Backend
 from .errors import (
     BodyTimeoutError,
+    ContextLengthExceededError,
     InferaError,
     InternalError,
-    InvalidRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     ServiceUnavailableError,
     UnsupportedMediaTypeError,
-    validation_error,
 )
 from .logs import request_id_var
 from .metrics import CONTENT_TYPE, Metrics
-from .serving import Call, Serving, Stream, dumps
 from .settings import RuntimeSettings
 
 log = logging.getLogger("infera.http")
@@ -53,36 +58,82 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+CancelReason = Literal["disconnect", "timeout", "shutdown"]
 
-API_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
-GENERATION_ENDPOINTS = {"/v1/chat/completions", "/v1/completions"}
+# Endpoints counted in infera_requests_total under their own label (others: "other").
+API_ENDPOINTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/models",
+        "/tokenize",
+        "/detokenize",
+    }
+)
+GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"})
+OPEN_PATHS = frozenset(
+    {"/health/live", "/health/startup", "/health/ready", "/health", "/metrics", "/version", "/ping"}
+)
 _RID_OK = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
-JSON = "application/json"
+JSON_TYPE = b"application/json"
+DONE = b"data: [DONE]\n\n"
+# Bodies at least this large are parsed in a thread, so the event loop keeps serving meanwhile.
+_THREAD_PARSE_BYTES = 1 << 20
+# A prompt of more than max_model_len * max_token_bytes * this many UTF-8 bytes cannot fit the
+# context: each token covers at most max_token_bytes bytes of normalized text, and Unicode
+# normalization (NFKC) shrinks text by less than this factor.
+_NORMALIZATION_SLACK = 4
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Call:
+    """One admitted (or queued) API request; :meth:`cancel` ends it (timeout, shutdown, disconnect)."""
+
+    __slots__ = ("arrival", "cancelled", "reason", "waiter")
+
+    def __init__(self) -> None:
+        self.arrival = time.monotonic()
+        self.reason: CancelReason | None = None
+        self.cancelled = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def cancel(self, reason: CancelReason) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.cancelled.set()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.cancel()
+
+    def error(self) -> InferaError:
+        if self.reason == "timeout":
+            return RequestTimeoutError("The request did not finish within the server's request timeout.")
+        return ServiceUnavailableError("The server is shutting down.", code="draining")
 
 
 class Runtime:
-    """Everything one server process holds: settings, engine, admission, metrics, lifecycle."""
+    """Everything one server process holds: settings, backend, admission, metrics, lifecycle."""
 
-    def __init__(self, settings: RuntimeSettings, engine: Engine, api_keys: ApiKeys | None = None) -> None:
+    def __init__(self, settings: RuntimeSettings, backend: Backend, api_keys: ApiKeys | None = None) -> None:
         self.settings = settings
-        self.engine = engine
+        self.backend = backend
         self.api_keys = api_keys
         self.loaded = False
         self.draining = False
         self.load_error: str | None = None
         self.metrics = Metrics(self._engine_stats)
         self.admission = Admission(settings.max_inflight, settings.max_queue, self._on_admission)
-        self.serving = Serving(
-            model_name=settings.model_name,
-            engine=engine,
-            admission=self.admission,
-            metrics=self.metrics,
-            request_timeout_s=settings.request_timeout_s,
-        )
+        self.calls: set[Call] = set()
+        self.max_prompt_bytes: int | None = None
         self.metrics.engine_ready.set(0)
 
     def _engine_stats(self) -> Any:
-        return self.engine.stats() if self.loaded else None
+        return self.backend.stats() if self.loaded else None
 
     def _on_admission(self, inflight: int, queued: int) -> None:
         self.metrics.in_flight.set(inflight)
@@ -90,15 +141,18 @@ class Runtime:
 
     async def load_engine(self) -> None:
         try:
-            await self.engine.start()
+            await self.backend.start(self.metrics)
         except BaseException as exc:
             self.load_error = f"{exc.__class__.__name__}: {exc}"
             raise
+        token_bytes = self.backend.max_token_bytes
+        if token_bytes:
+            self.max_prompt_bytes = self.backend.max_model_len * token_bytes * _NORMALIZATION_SLACK
         self.loaded = True
         self.metrics.engine_ready.set(1 if self.ready() else 0)
 
     def healthy(self) -> bool:
-        return self.load_error is None and self.engine.is_healthy()
+        return self.load_error is None and self.backend.is_healthy()
 
     def ready(self) -> bool:
         return self.loaded and not self.draining and self.healthy()
@@ -112,6 +166,12 @@ class Runtime:
                 extra={"in_flight": self.admission.inflight, "queued": self.admission.queued},
             )
 
+    def cancel_all(self, reason: CancelReason) -> int:
+        calls = list(self.calls)
+        for call in calls:
+            call.cancel(reason)
+        return len(calls)
+
     async def drain(self, grace_s: float) -> bool:
         """Wait up to ``grace_s`` for admitted requests to finish; abort the rest. True if all finished."""
         self.begin_drain()
@@ -119,16 +179,17 @@ class Runtime:
             await asyncio.wait_for(self.admission.wait_idle(), grace_s)
             return True
         except TimeoutError:
-            n = self.serving.cancel_all("shutdown")
+            n = self.cancel_all("shutdown")
             log.warning("shutdown grace period over: aborted %d requests", n)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.admission.wait_idle(), 5.0)
             return False
 
-    def check_api(self, request: Request) -> None:
+    def check_api(self, headers: dict[bytes, bytes]) -> None:
         """Raise the right error unless an API request may proceed (auth, then readiness)."""
         if self.api_keys is not None:
-            self.api_keys.check(request.headers.get("authorization"))
+            auth = headers.get(b"authorization")
+            self.api_keys.check(auth.decode("latin-1") if auth is not None else None)
         if not self.ready():
             if self.draining:
                 raise ServiceUnavailableError("The server is shutting down.", code="draining")
@@ -137,238 +198,361 @@ class Runtime:
             raise ServiceUnavailableError("The engine is not healthy.", code="engine_unhealthy")
 
 
-def to_infera_error(exc: BaseException) -> InferaError:
-    """The one mapping from any exception to an error the client sees."""
-    if isinstance(exc, InferaError):
-        return exc
-    if isinstance(exc, RequestValidationError):
-        return validation_error(exc.errors())
-    if isinstance(exc, StarletteHTTPException):
-        if exc.status_code == 404:
-            return NotFoundError("Not found.")
-        if exc.status_code == 405:
-            return MethodNotAllowedError("Method not allowed.")
-        if 400 <= exc.status_code < 500:
-            return InvalidRequestError(str(exc.detail))
-        return InternalError(str(exc.detail))
-    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
-        return InvalidRequestError(
-            f"We could not parse the JSON body of your request. ({exc})", code="invalid_json"
-        )
-    log.error("unhandled error", exc_info=exc)
-    return InternalError("The server had an error while processing your request.")
-
-
-def error_response(exc: BaseException) -> Response:
-    err = to_infera_error(exc)
-    return Response(dumps(err.body()), status_code=err.status, headers=err.headers, media_type=JSON)
-
-
+# ---------------------------------------------------------------------------------------- bodies
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
-        raise PayloadTooLargeError(
-            f"The request body ({length} bytes) is larger than the limit of {max_bytes} bytes."
+async def read_body(receive: Receive, headers: dict[bytes, bytes], settings: RuntimeSettings) -> bytes:
+    """The request body: declared as JSON (or undeclared), bounded in size and in the time the
+    client may take to send it (a slow client never holds a connection longer)."""
+    content_type = headers.get(b"content-type")
+    if content_type is not None and not _is_json(content_type.decode("latin-1")):
+        raise UnsupportedMediaTypeError(
+            f"Unsupported Content-Type {content_type.decode('latin-1')!r}: send the body as application/json."
         )
+    limit = settings.max_body_bytes
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(
+            f"The request body ({int(length)} bytes) is larger than the limit of {limit} bytes."
+        )
+    timeout_s = min(settings.body_read_timeout_s, settings.request_timeout_s)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLargeError(f"The request body is larger than the limit of {max_bytes} bytes.")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"The request body is larger than the limit of {limit} bytes.")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise BodyTimeoutError(f"The request body was not received within {timeout_s:g} s.") from None
     return b"".join(chunks)
 
 
-async def _read_json(request: Request, settings: RuntimeSettings) -> Any:
-    """The request's JSON body: declared as JSON (or undeclared), bounded in size and in the time
-    the client may take to send it (a slow client never holds a connection longer), parsed without
-    ever turning bad input into a 500."""
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json(content_type):
-        raise UnsupportedMediaTypeError(
-            f"Unsupported Content-Type {content_type!r}: send the body as application/json."
+class _ClientGone(Exception):
+    """The client disconnected before its request was handed to the backend."""
+
+
+def prompt_bytes(body: Any) -> int:
+    """UTF-8 bytes of the longest prompt text in an OpenAI request body (0 if none is found).
+
+    Chat: the text of all messages; completions: each prompt of a batch; responses: ``input``
+    and ``instructions``. A lower bound of what the model is given (templates only add).
+    """
+    if not isinstance(body, dict):
+        return 0
+
+    def text_of(value: Any) -> int:
+        if isinstance(value, str):
+            return len(value.encode("utf-8", "surrogatepass"))
+        if isinstance(value, list):
+            return sum(text_of(v) for v in value)
+        if isinstance(value, dict):
+            return sum(text_of(value[k]) for k in ("content", "text") if k in value)
+        return 0
+
+    if "messages" in body:
+        return text_of(body["messages"])
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return max(text_of(p) for p in prompt)
+    if isinstance(prompt, str):
+        return text_of(prompt)
+    if "input" in body:
+        return text_of(body["input"]) + text_of(body.get("instructions"))
+    return 0
+
+
+async def check_prompt_size(body: bytes, runtime: Runtime) -> None:
+    """Refuse, before any tokenization, a prompt whose size alone proves it exceeds the context."""
+    bound = runtime.max_prompt_bytes
+    if bound is None or len(body) <= bound:
+        return  # a body this small cannot hold such a prompt: leave it to the backend
+    try:
+        parsed = (
+            await asyncio.to_thread(json.loads, body)
+            if len(body) >= _THREAD_PARSE_BYTES
+            else json.loads(body)
         )
-    timeout_s = min(settings.body_read_timeout_s, settings.request_timeout_s)
-    try:
-        async with asyncio.timeout(timeout_s):
-            body = await _read_body(request, settings.max_body_bytes)
-    except TimeoutError:
-        raise BodyTimeoutError(f"The request body was not received within {timeout_s:g} s.") from None
-    if not body:
-        raise InvalidRequestError("The request body is empty; expected a JSON object.", code="invalid_json")
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise InvalidRequestError("The JSON body is nested too deeply.", code="invalid_json") from None
-
-
-def _watch_disconnect(receive: Receive, call: Call) -> asyncio.Task[None]:
-    """Cancel ``call`` when the client goes away (the listener is cancelled once the reply is sent)."""
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                call.cancel("disconnect")
-                return
-
-    return asyncio.get_running_loop().create_task(watch())
-
-
-class SSEResponse(Response):
-    """Streams a :class:`Stream`; always closes it (so the request is released and aborted)."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, stream: Stream, watcher: asyncio.Task[None]) -> None:
-        self.stream = stream
-        self.watcher = watcher
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client went away while we were sending
-        finally:
-            self.watcher.cancel()
-            await self.stream.aclose()
-
-
-def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="infera runtime", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.runtime = runtime
-    serving = runtime.serving
-
-    async def generation(
-        request: Request, handler: Callable[[Call, Any], Awaitable[bytes | Stream]]
-    ) -> Response:
-        try:
-            runtime.check_api(request)
-            body = await _read_json(request, runtime.settings)
-        except Exception as exc:
-            return error_response(exc)
-        call = serving.new_call(request_id_var.get() or "")
-        request.scope.setdefault("state", {})["infera_call"] = call
-        watcher = _watch_disconnect(request.receive, call)
-        try:
-            reply = await handler(call, body)
-        except Exception as exc:
-            watcher.cancel()
-            return error_response(exc)
-        except BaseException:
-            watcher.cancel()
-            raise
-        if isinstance(reply, Stream):
-            return SSEResponse(reply, watcher)
-        watcher.cancel()
-        return Response(reply, media_type=JSON)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await generation(request, serving.chat)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await generation(request, serving.completions)
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
-        try:
-            runtime.check_api(request)
-        except Exception as exc:
-            return error_response(exc)
-        return Response(serving.models(), media_type=JSON)
-
-    def probe(ok: bool, what: str) -> Response:
-        return Response(
-            dumps({"status": "ok" if ok else "unavailable", "probe": what}),
-            status_code=200 if ok else 503,
-            media_type=JSON,
+    except (ValueError, RecursionError):
+        return  # the backend answers malformed JSON with its own 400
+    size = prompt_bytes(parsed)
+    if size > bound:
+        ctx = runtime.backend.max_model_len
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {ctx} tokens. However, your request has a "
+            f"prompt of {size} bytes, which is more than {ctx} tokens of this model's tokenizer can "
+            f"hold (at most {bound} bytes). Please reduce the length of the input.",
+            param="messages" if isinstance(parsed, dict) and "messages" in parsed else "prompt",
         )
 
-    @app.get("/health/live")
-    async def live() -> Response:
-        return probe(runtime.healthy(), "live")
 
-    @app.get("/health/startup")
-    async def startup() -> Response:
-        return probe(runtime.loaded, "startup")
-
-    @app.get("/health/ready")
-    async def ready() -> Response:
-        return probe(runtime.ready(), "ready")
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        return error_response(exc)
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, http_error)
-    app.add_exception_handler(Exception, http_error)
-    app.add_middleware(AccessMiddleware, runtime=runtime)
-    return app
+# ---------------------------------------------------------------------------------------- errors
+def to_infera_error(exc: BaseException) -> InferaError:
+    """The one mapping from an exception raised in this layer to what the client sees."""
+    if isinstance(exc, InferaError):
+        return exc
+    log.error("unhandled error", exc_info=exc)
+    return InternalError("The server had an error while processing your request.")
 
 
-class AccessMiddleware:
-    """Request id, API request metrics and one access-log line per request."""
+async def send_error(send: Send, exc: BaseException) -> int:
+    err = to_infera_error(exc)
+    headers = [
+        (b"content-type", JSON_TYPE),
+        *((k.lower().encode(), v.encode()) for k, v in err.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": dumps(err.body())})
+    return err.status
 
-    def __init__(self, app: Any, runtime: Runtime) -> None:
-        self.app = app
+
+async def send_json(send: Send, status: int, body: bytes, content_type: bytes = JSON_TYPE) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------- the app
+class InferaApp:
+    """The runtime's ASGI app (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.state = runtime  # tests and tools reach the runtime as app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _lifespan_noop(receive, send)
+            return
+        if kind != "http":  # websockets (vLLM's realtime API): auth and readiness, then the backend
+            headers = dict(scope.get("headers", ()))
+            try:
+                self.runtime.check_api(headers)
+            except InferaError:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.runtime.backend.app(scope, receive, send)
             return
         rid = None
+        headers = {}
         for name, value in scope.get("headers", ()):
+            headers[name] = value
             if name == b"x-request-id":
                 text = value.decode("latin-1").strip()
                 if _RID_OK.match(text):
                     rid = text
-                break
         if rid is None:
             rid = uuid.uuid4().hex
+            scope["headers"] = [*scope.get("headers", ()), (b"x-request-id", rid.encode())]
         token = request_id_var.set(rid)
         rid_header = (b"x-request-id", rid.encode())
         status = 0
+        summary: dict[str, Any] = {}
         t0 = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), rid_header]
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                    rid_header,
+                ]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self._route(scope, receive, send_with_id, headers, summary)
         finally:
-            self._done(scope, status, time.perf_counter() - t0)
+            self._done(scope, status, time.perf_counter() - t0, summary)
             request_id_var.reset(token)
 
-    def _done(self, scope: Scope, status: int, duration: float) -> None:
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], summary: dict[str, Any]
+    ) -> None:
+        runtime = self.runtime
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET")
+        if path in OPEN_PATHS and path != "/version" and path != "/ping":
+            await self._probe(path, send)
+            return
+        try:
+            if path not in OPEN_PATHS:
+                runtime.check_api(headers)
+            elif not runtime.loaded:  # /version, /ping: answered by the backend once it exists
+                raise ServiceUnavailableError("The model is still loading.", code="loading")
+        except InferaError as exc:
+            await send_error(send, exc)
+            return
+        if method != "POST":
+            await runtime.backend.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, headers, runtime.settings)
+            if path in GENERATION_ENDPOINTS:
+                await check_prompt_size(body, runtime)
+        except _ClientGone:
+            summary["cancelled"] = "disconnect"
+            return
+        except InferaError as exc:
+            await send_error(send, exc)
+            return
+        await self._admitted(scope, receive, send, body, summary)
+
+    async def _probe(self, path: str, send: Send) -> None:
+        runtime = self.runtime
+        if path == "/metrics":
+            await send_json(send, 200, runtime.metrics.render(), CONTENT_TYPE.encode())
+            return
+        if path == "/health":  # vLLM's: an empty 200 while it can serve
+            ok = runtime.ready()
+            await send_json(send, 200 if ok else 503, b"" if ok else dumps({"status": "unavailable"}))
+            return
+        what = path.rsplit("/", 1)[-1]
+        ok = {"live": runtime.healthy, "startup": lambda: runtime.loaded, "ready": runtime.ready}[what]()
+        await send_json(
+            send, 200 if ok else 503, dumps({"status": "ok" if ok else "unavailable", "probe": what})
+        )
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, summary: dict[str, Any]
+    ) -> None:
+        runtime = self.runtime
+        loop = asyncio.get_running_loop()
+        call = Call()
+        timer = loop.call_later(runtime.settings.request_timeout_s, call.cancel, "timeout")
+        runtime.calls.add(call)
+        admitted = False
+        try:
+            try:
+                fut = runtime.admission.new_waiter()  # raises RateLimitError (429) when full
+            except InferaError as exc:
+                await send_error(send, exc)
+                return
+            if fut is None:
+                admitted = True
+            else:
+                admitted = await self._queue(call, fut, receive)
+                if not admitted:
+                    summary["cancelled"] = call.reason
+                    if call.reason != "disconnect":
+                        await send_error(send, call.error())
+                    return
+            await self._run_backend(scope, receive, send, body, call, summary)
+        finally:
+            timer.cancel()
+            runtime.calls.discard(call)
+            if admitted:
+                runtime.admission.release()
+
+    async def _queue(self, call: Call, fut: asyncio.Future[None], receive: Receive) -> bool:
+        """Wait for an admission slot; False if the call was cancelled (or the client left) first."""
+
+        async def watch() -> None:
+            while True:
+                if (await receive())["type"] == "http.disconnect":
+                    call.cancel("disconnect")
+                    return
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        call.waiter = fut
+        try:
+            await fut
+            return call.reason is None
+        except asyncio.CancelledError:
+            self.runtime.admission.forget(fut)
+            if call.reason is not None:
+                return False
+            raise
+        finally:
+            call.waiter = None
+            watcher.cancel()
+
+    async def _run_backend(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, call: Call, summary: dict[str, Any]
+    ) -> None:
+        """Hand the request to the backend; on cancel it sees a disconnect, the client our error."""
+        pending: list[Message] | None = [{"type": "http.request", "body": body, "more_body": False}]
+        started = completed = stream = False
+
+        async def backend_receive() -> Message:
+            nonlocal pending
+            if pending:
+                message = pending.pop()
+                pending = None
+                return message
+            if call.reason is not None:
+                return {"type": "http.disconnect"}
+            real = asyncio.ensure_future(receive())
+            gone = asyncio.ensure_future(call.cancelled.wait())
+            try:
+                await asyncio.wait((real, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if real.done():
+                message = real.result()
+                if message["type"] == "http.disconnect":
+                    call.cancel("disconnect")
+                return message
+            real.cancel()
+            return {"type": "http.disconnect"}
+
+        async def backend_send(message: Message) -> None:
+            nonlocal started, completed, stream
+            if call.reason is not None:
+                raise OSError("request cancelled")  # the backend stops writing, as on a broken connection
+            if message["type"] == "http.response.start":
+                started = True
+                for k, v in message.get("headers", ()):
+                    if k.lower() == b"content-type" and v.startswith(b"text/event-stream"):
+                        stream = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                completed = True
+            await send(message)
+
+        try:
+            await self.runtime.backend.app(scope, backend_receive, backend_send)
+        except OSError:
+            if call.reason is None:
+                raise
+        if call.reason is None or completed:
+            return
+        summary["cancelled"] = call.reason
+        if call.reason == "disconnect":
+            return
+        err = call.error()
+        log.info("request cancelled: %s", call.reason)
+        try:
+            if not started:
+                await send_error(send, err)
+            elif stream:
+                await send(
+                    {"type": "http.response.body", "body": b"data: " + dumps(err.body()) + b"\n\n" + DONE}
+                )
+            else:
+                await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            pass
+
+    def _done(self, scope: Scope, status: int, duration: float, summary: dict[str, Any]) -> None:
         path = scope.get("path", "")
         code = status or 499  # no response started: the client went away first
         metrics = self.runtime.metrics
-        api = path in API_ENDPOINTS
+        api = path in API_ENDPOINTS or path.startswith("/v1/")
         if api:
-            metrics.count_request(path, code)
+            metrics.count_request(path if path in API_ENDPOINTS else "other", code)
             if path in GENERATION_ENDPOINTS:
                 metrics.duration.observe(duration)
         extra: dict[str, Any] = {
@@ -376,10 +560,22 @@ class AccessMiddleware:
             "path": path,
             "status": code,
             "duration_ms": round(duration * 1000, 2),
+            **summary,
         }
-        call = (scope.get("state") or {}).get("infera_call")
-        if call is not None:
-            extra.update(call.summary())
         level = logging.INFO if api or code >= 400 else logging.DEBUG
         if access_log.isEnabledFor(level):
             access_log.log(level, "%s %s %d", extra["method"], path, code, extra=extra)
+
+
+async def _lifespan_noop(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app(runtime: Runtime) -> InferaApp:
+    return InferaApp(runtime)

@@ -1,46 +1,50 @@
-"""The serving layer: OpenAI requests in, JSON bytes or an SSE byte stream out. No HTTP types.
+"""The synthetic backend: a small OpenAI subset over the synthetic engine, for tests and demos.
+
+With ``engine="synthetic"`` no model is loaded: :class:`SyntheticBackend` serves
+``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models`` (text only; no tools, logprobs
+or structured outputs) over :class:`~.engine.synthetic.SyntheticEngine`, so the runtime's own
+layer (:mod:`.app`: admission, auth, timeouts, drain, metrics) can be tested and benchmarked
+without a model. Production (``engine="vllm"``) serves vLLM's own OpenAI server instead.
 
 A request goes: validate (pydantic) -> render the chat template / tokenize -> sampling options
-(request values, else the model's generation defaults) -> admission -> engine. Everything that
-can reject a request (bad input, context length, capacity) happens before the first byte is
-produced, so errors are real HTTP statuses, never a broken stream.
-
-Hot path: streamed chunks are built from byte templates prepared once per request; per engine
-step the only work is JSON-escaping the new text and one ``bytes.join``. Nothing per token goes
-through pydantic, a queue or an extra task.
-
-Cancellation: :meth:`Call.cancel` (client gone, ``request_timeout_s`` expired, shutdown) takes a
-queued request out of the admission queue or aborts it in the engine, which frees its KV cache;
-the response then ends (non-streaming: an error; streaming: an error event then ``[DONE]``).
+-> engine. Streamed chunks are built from byte templates prepared once per request. A client
+that disconnects (the HTTP layer's ``receive`` says ``http.disconnect``, also when the request
+timed out or the server shuts down) has its engine request aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
-from .admission import Admission
-from .engine.base import Engine, EngineOutput, EngineRequest, SamplingOptions
+from .engine.base import Backend, Engine, EngineOutput, EngineRequest, EngineStats, SamplingOptions
 from .errors import (
-    ClientDisconnectedError,
     ContextLengthExceededError,
     InferaError,
+    InternalError,
     InvalidRequestError,
+    MethodNotAllowedError,
     ModelNotFoundError,
-    RequestTimeoutError,
+    NotFoundError,
     ServiceUnavailableError,
     validation_error,
 )
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .settings import RuntimeSettings
 
 try:  # pragma: no cover - optional
     import orjson
@@ -67,77 +71,8 @@ except ImportError:
 
 log = logging.getLogger("infera.serving")
 
-CancelReason = Literal["disconnect", "timeout", "shutdown"]
 DONE = b"data: [DONE]\n\n"
 MAX_STOP = 16
-
-
-class Call:
-    """One API request as the serving layer sees it; the HTTP layer may :meth:`cancel` it."""
-
-    __slots__ = (
-        "_abort_task",
-        "_engine",
-        "_timer",
-        "_waiter",
-        "arrival",
-        "completion_tokens",
-        "engine_request_id",
-        "finish_reasons",
-        "finished",
-        "prompt_tokens",
-        "reason",
-        "request_id",
-    )
-
-    def __init__(self, request_id: str, engine: Engine) -> None:
-        self.request_id = request_id
-        self.arrival = time.monotonic()
-        self._engine = engine
-        self.reason: CancelReason | None = None
-        self.engine_request_id: str | None = None  # set while the engine holds the request
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._abort_task: asyncio.Task[None] | None = None
-        self.finished = False
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.finish_reasons: list[str | None] = []
-
-    def cancel(self, reason: CancelReason) -> None:
-        """Stop the request (idempotent): leave the queue, or abort it in the engine."""
-        if self.finished or self.reason is not None:
-            return
-        self.reason = reason
-        log.info(
-            "cancelling request: %s",
-            reason,
-            extra={"request_id": self.request_id, "engine_request_id": self.engine_request_id},
-        )
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.cancel()
-        if self.engine_request_id is not None:
-            self._abort_task = asyncio.get_running_loop().create_task(
-                self._engine.abort(self.engine_request_id)
-            )
-
-    def error(self) -> InferaError:
-        if self.reason == "timeout":
-            return RequestTimeoutError("The request did not finish within the server's request timeout.")
-        if self.reason == "disconnect":
-            return ClientDisconnectedError("The client closed the connection.")
-        return ServiceUnavailableError("The server is shutting down.")
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-        }
-        if self.finish_reasons:
-            out["finish_reason"] = ",".join(str(x) for x in self.finish_reasons)
-        if self.reason:
-            out["cancelled"] = self.reason
-        return out
 
 
 @dataclass(slots=True)
@@ -149,6 +84,7 @@ class _Prepared:
     stream: bool
     include_usage: bool
     prompt_text: str | None = None
+    arrival: float = 0.0
 
 
 class Stream:
@@ -174,28 +110,13 @@ class Serving:
         *,
         model_name: str,
         engine: Engine,
-        admission: Admission,
         metrics: Metrics,
-        request_timeout_s: float,
     ) -> None:
         self.model_name = model_name
         self.engine = engine
-        self.admission = admission
         self.metrics = metrics
-        self.request_timeout_s = request_timeout_s
         self.created = int(time.time())
-        self.calls: set[Call] = set()
         self._model_json = _escape(model_name)
-
-    # ------------------------------------------------------------------ calls
-    def new_call(self, request_id: str) -> Call:
-        return Call(request_id, self.engine)
-
-    def cancel_all(self, reason: CancelReason) -> int:
-        calls = list(self.calls)
-        for call in calls:
-            call.cancel(reason)
-        return len(calls)
 
     # ------------------------------------------------------------------ endpoints
     def models(self) -> bytes:
@@ -215,7 +136,8 @@ class Serving:
             }
         )
 
-    async def chat(self, call: Call, body: Any) -> Reply:
+    async def chat(self, body: Any) -> Reply:
+        arrival = time.monotonic()
         req = _validate(ChatCompletionRequest, body)
         self._check_model(req.model)
         _reject_unsupported(
@@ -238,10 +160,12 @@ class Serving:
             stream=req.stream,
             include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
             prompt_text=text,
+            arrival=arrival,
         )
-        return await self._run(call, prep)
+        return await self._run(prep)
 
-    async def completions(self, call: Call, body: Any) -> Reply:
+    async def completions(self, body: Any) -> Reply:
+        arrival = time.monotonic()
         req = _validate(CompletionRequest, body)
         self._check_model(req.model)
         _reject_unsupported(req, ("logit_bias", "suffix"))
@@ -278,8 +202,9 @@ class Serving:
             stream=req.stream,
             include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
             prompt_text=text,
+            arrival=arrival,
         )
-        return await self._run(call, prep)
+        return await self._run(prep)
 
     # ------------------------------------------------------------------ helpers
     def _check_model(self, model: str) -> None:
@@ -337,114 +262,70 @@ class Serving:
             ignore_eos=req.ignore_eos,
         )
 
-    async def _admit(self, call: Call) -> None:
-        fut = self.admission.new_waiter()  # raises RateLimitError (429) when full
-        if fut is None:
-            return
-        call._waiter = fut
-        try:
-            await fut
-        except asyncio.CancelledError:
-            self.admission.forget(fut)
-            if call.reason is not None:  # our own cancel(): timeout, disconnect, shutdown
-                raise call.error() from None
-            raise
-        except BaseException:
-            self.admission.forget(fut)
-            raise
-        finally:
-            call._waiter = None
-
-    async def _run(self, call: Call, prep: _Prepared) -> Reply:
-        loop = asyncio.get_running_loop()
-        call.prompt_tokens = len(prep.prompt_ids)
-        call._timer = loop.call_at(
-            loop.time() + self.request_timeout_s - (time.monotonic() - call.arrival),
-            call.cancel,
-            "timeout",
+    async def _run(self, prep: _Prepared) -> Reply:
+        ereq = EngineRequest(
+            request_id=prep.response_id,
+            prompt_token_ids=prep.prompt_ids,
+            sampling=prep.sampling,
+            prompt=prep.prompt_text,
+            stream=prep.stream,
         )
-        self.calls.add(call)
-        admitted = False
-        try:
-            await self._admit(call)
-            admitted = True
-            if call.reason is not None:
-                raise call.error()
-            ereq = EngineRequest(
-                request_id=prep.response_id,
-                prompt_token_ids=prep.prompt_ids,
-                sampling=prep.sampling,
-                prompt=prep.prompt_text,
-                stream=prep.stream,
-            )
-            outputs = self.engine.generate(ereq)  # validates eagerly: 400s are raised here
-            call.engine_request_id = prep.response_id
-        except BaseException:
-            self._finish(call, admitted)
-            raise
+        outputs = self.engine.generate(ereq)  # validates eagerly: 400s are raised here
         if prep.stream:
-            return self._stream(call, prep, outputs)
+            gen = self._sse(prep, outputs)
+
+            async def close() -> None:
+                try:
+                    await gen.aclose()
+                finally:
+                    await outputs.aclose()
+
+            return Stream(gen, close)
         try:
-            return await self._collect(call, prep, outputs)
+            return await self._collect(prep, outputs)
         finally:
-            self._finish(call, True)
+            await outputs.aclose()
 
-    def _finish(self, call: Call, admitted: bool) -> None:
-        if call.finished:
-            return
-        call.finished = True
-        call.engine_request_id = None
-        if call._timer is not None:
-            call._timer.cancel()
-        self.calls.discard(call)
-        if admitted:
-            self.admission.release()
-
-    def _observe(self, call: Call, first: float | None, last: float | None, max_choice_tokens: int) -> None:
+    def _observe(
+        self,
+        prep: _Prepared,
+        completion_tokens: int,
+        first: float | None,
+        last: float | None,
+        max_choice: int,
+    ) -> None:
         tpot = None
-        if first is not None and last is not None and max_choice_tokens > 1:
-            tpot = (last - first) / (max_choice_tokens - 1)
+        if first is not None and last is not None and max_choice > 1:
+            tpot = (last - first) / (max_choice - 1)
         self.metrics.observe_generation(
-            prompt_tokens=call.prompt_tokens,
-            generation_tokens=call.completion_tokens,
-            ttft_s=(first - call.arrival) if first is not None else None,
+            prompt_tokens=len(prep.prompt_ids),
+            generation_tokens=completion_tokens,
+            ttft_s=(first - prep.arrival) if first is not None else None,
             tpot_s=tpot,
         )
 
-    async def _collect(
-        self, call: Call, prep: _Prepared, outputs: AsyncGenerator[EngineOutput, None]
-    ) -> bytes:
+    async def _collect(self, prep: _Prepared, outputs: AsyncGenerator[EngineOutput, None]) -> bytes:
         n = prep.sampling.n
         texts: list[list[str]] = [[] for _ in range(n)]
         tokens = [0] * n
         finish: list[str | None] = [None] * n
         first: float | None = None
         out: EngineOutput | None = None
-        try:
-            async for out in outputs:
-                for d in out.choices:
-                    if d.text:
-                        texts[d.index].append(d.text)
-                    tokens[d.index] += d.num_tokens
-                    if d.finish_reason is not None:
-                        finish[d.index] = d.finish_reason
-                if first is None and out.choices:
-                    first = out.first_token_time or time.monotonic()
-        finally:
-            await outputs.aclose()
+        async for out in outputs:
+            for d in out.choices:
+                if d.text:
+                    texts[d.index].append(d.text)
+                tokens[d.index] += d.num_tokens
+                if d.finish_reason is not None:
+                    finish[d.index] = d.finish_reason
+            if first is None and out.choices:
+                first = out.first_token_time or time.monotonic()
         last = out.last_token_time if out is not None and out.last_token_time else time.monotonic()
-        call.completion_tokens = sum(tokens)
-        call.finish_reasons = finish
-        self._observe(call, first, last, max(tokens))
-        if call.reason is not None:
-            raise call.error()
+        completion = sum(tokens)
+        self._observe(prep, completion, first, last, max(tokens))
         if any(f in ("abort", "error") for f in finish):
             raise ServiceUnavailableError("The engine stopped the request.")
-        usage = {
-            "prompt_tokens": call.prompt_tokens,
-            "completion_tokens": call.completion_tokens,
-            "total_tokens": call.prompt_tokens + call.completion_tokens,
-        }
+        usage = _usage(len(prep.prompt_ids), completion)
         if prep.kind == "chat":
             choices: list[dict[str, Any]] = [
                 {
@@ -473,25 +354,8 @@ class Serving:
             }
         )
 
-    def _stream(self, call: Call, prep: _Prepared, outputs: AsyncGenerator[EngineOutput, None]) -> Stream:
-        closed = False
-
-        async def close() -> None:
-            nonlocal closed
-            if closed:
-                return
-            closed = True
-            try:
-                await gen.aclose()
-                await outputs.aclose()
-            finally:
-                self._finish(call, True)
-
-        gen = self._sse(call, prep, outputs)
-        return Stream(gen, close)
-
     async def _sse(
-        self, call: Call, prep: _Prepared, outputs: AsyncGenerator[EngineOutput, None]
+        self, prep: _Prepared, outputs: AsyncGenerator[EngineOutput, None]
     ) -> AsyncGenerator[bytes, None]:
         n = prep.sampling.n
         created = str(int(time.time())).encode()
@@ -506,14 +370,19 @@ class Serving:
         if chat:
             pre = [b'{"index":' + i + b',"delta":{"content":' for i in idx]
             mid_open = b'},"logprobs":null,"finish_reason":null}'
-            role = b",".join(
-                b'{"index":'
-                + i
-                + b',"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}'
-                for i in idx
+            # The role event goes out with the first generated token, never before it.
+            role: bytes | None = (
+                head
+                + b",".join(
+                    b'{"index":'
+                    + i
+                    + b',"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}'
+                    for i in idx
+                )
+                + tail
             )
-            yield head + role + tail
         else:
+            role = None
             pre = [b'{"index":' + i + b',"text":' for i in idx]
             mid_open = b',"logprobs":null,"finish_reason":null}'
         tokens = [0] * n
@@ -548,31 +417,24 @@ class Serving:
                         parts.append(pre[i] + escape(d.text) + b',"logprobs":null,"finish_reason":' + end)
                 if first is None and out.choices:
                     first = time.monotonic()
+                    if role is not None:
+                        yield role
                 if parts:
                     yield head + b",".join(parts) + tail
         finally:
-            call.completion_tokens = sum(tokens)
-            call.finish_reasons = finish
-            self._observe(call, first, time.monotonic(), max(tokens))
-        if call.reason == "disconnect":
-            return
-        if call.reason is not None or any(f not in ("stop", "length") for f in finish):
-            err = (
-                call.error()
-                if call.reason is not None
-                else ServiceUnavailableError("The engine stopped the request.")
-            )
+            completion = sum(tokens)
+            self._observe(prep, completion, first, time.monotonic(), max(tokens))
+        if any(f not in ("stop", "length") for f in finish):
+            err = ServiceUnavailableError("The engine stopped the request.")
             yield b"data: " + dumps(err.body()) + b"\n\n"
         elif prep.include_usage:
-            usage = dumps(
-                {
-                    "prompt_tokens": call.prompt_tokens,
-                    "completion_tokens": call.completion_tokens,
-                    "total_tokens": call.prompt_tokens + call.completion_tokens,
-                }
-            )
+            usage = dumps(_usage(len(prep.prompt_ids), completion))
             yield head + b'],"usage":' + usage + b"}\n\n"
         yield DONE
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _validate(model: type[ChatCompletionRequest] | type[CompletionRequest], body: Any) -> Any:
@@ -611,3 +473,143 @@ def _message(i: int, m: Any) -> dict[str, str]:
             chunks.append(part.text)
         text = "\n".join(chunks)
     return {"role": m.role, "content": text}
+
+
+async def _until_disconnect(receive: Callable[[], Awaitable[Any]]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _SSEResponse(Response):
+    """Streams a :class:`Stream` until it ends or the client goes; always closes it (engine abort)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.status_code = 200
+        self.background = None
+        self.init_headers({})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def pump() -> None:
+            headers = [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(pump())
+        gone = loop.create_task(_until_disconnect(receive))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                with contextlib.suppress(OSError):
+                    work.result()
+        finally:
+            for task in (work, gone):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            await self.stream.aclose()
+
+
+def error_response(exc: BaseException) -> Response:
+    if not isinstance(exc, InferaError):
+        log.error("unhandled error", exc_info=exc)
+        exc = InternalError("The server had an error while processing your request.")
+    return Response(
+        dumps(exc.body()), status_code=exc.status, headers=exc.headers, media_type="application/json"
+    )
+
+
+def build_synthetic_app(serving: Serving) -> FastAPI:
+    """The synthetic backend's OpenAI subset as an ASGI app (the body has already been bounded)."""
+    app = FastAPI(title="infera synthetic backend", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def generation(request: Request, handler: Callable[[Any], Coroutine[Any, Any, Reply]]) -> Any:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):
+            return error_response(
+                InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json")
+            )
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(handler(body))
+        gone = loop.create_task(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client went (or the request was cancelled): abort the work
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            return Response(status_code=499)
+        try:
+            reply = work.result()
+        except Exception as exc:
+            return error_response(exc)
+        if isinstance(reply, Stream):
+            return _SSEResponse(reply)
+        return Response(reply, media_type="application/json")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await generation(request, serving.chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await generation(request, serving.completions)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return Response(serving.models(), media_type="application/json")
+
+    @app.get("/version")
+    async def version() -> Response:
+        return Response(dumps({"version": "synthetic"}), media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StarletteHTTPException):
+            if exc.status_code == 404:
+                return error_response(NotFoundError("Not found."))
+            if exc.status_code == 405:
+                return error_response(MethodNotAllowedError("Method not allowed."))
+            return error_response(InvalidRequestError(str(exc.detail)))
+        return error_response(exc)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, http_error)
+    return app
+
+
+class SyntheticBackend(Backend):
+    name = "synthetic"
+
+    def __init__(self, settings: RuntimeSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    async def start(self, metrics: Any) -> None:
+        await self.engine.start()
+        self.app = build_synthetic_app(
+            Serving(model_name=self.settings.model_name, engine=self.engine, metrics=metrics)
+        )
+
+    async def shutdown(self) -> None:
+        await self.engine.shutdown()
+
+    def is_healthy(self) -> bool:
+        return self.engine.is_healthy()
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len

@@ -45,7 +45,25 @@ class RuntimeSettings(BaseSettings):
     tensor_parallel_size: int = Field(default=1, ge=1)
     quantization: str | None = None
     enforce_eager: bool = False
-    engine_args: dict[str, Any] = Field(default_factory=dict)
+    tool_call_parser: str | None = Field(default=None, description="vLLM --tool-call-parser")
+    enable_auto_tool_choice: bool = Field(default=False, description="vLLM --enable-auto-tool-choice")
+    reasoning_parser: str | None = Field(default=None, description="vLLM --reasoning-parser")
+    chat_template: str | None = Field(
+        default=None, description="vLLM --chat-template: a file or the template"
+    )
+    structured_outputs_backend: str | None = Field(
+        default=None, description="vLLM --structured-outputs-config backend (auto, xgrammar, guidance, ...)"
+    )
+    max_num_seqs: int | None = Field(default=None, ge=1, description="vLLM --max-num-seqs")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=1, description="vLLM --max-num-batched-tokens"
+    )
+    serve_args: list[str] = Field(
+        default_factory=list, description="more `vllm serve` arguments, passed as is"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments by field name"
+    )
     max_inflight: int = Field(default=256, ge=1)
     max_queue: int = Field(default=512, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0.0)
@@ -71,13 +89,24 @@ class RuntimeSettings(BaseSettings):
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         return level
 
-    @field_validator("served_model_name", "quantization", "api_key_file", mode="before")
+    @field_validator(
+        "served_model_name",
+        "quantization",
+        "api_key_file",
+        "tool_call_parser",
+        "reasoning_parser",
+        "chat_template",
+        "structured_outputs_backend",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _default_served_name(self) -> RuntimeSettings:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser")
         if not self.served_model_name:
             name = PurePosixPath(self.model.rstrip("/")).name
             self.served_model_name = name or self.model

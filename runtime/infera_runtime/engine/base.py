@@ -1,8 +1,11 @@
-"""The engine interface the serving layer talks to.
+"""The backend interface the HTTP layer talks to, and the engine interface of the synthetic backend.
 
-An engine turns a tokenized prompt plus sampling options into a stream of per-choice text
-deltas. Two implementations: :mod:`.vllm_engine` (vLLM's ``AsyncLLM``) and :mod:`.synthetic`
-(an in-process fake for unit tests and HTTP benchmarks).
+A :class:`Backend` serves the OpenAI API as an ASGI app and owns the engine's lifecycle and
+statistics: :class:`~.vllm_engine.VllmBackend` (vLLM's own OpenAI server over ``AsyncLLM``) and
+:class:`~infera_runtime.serving.SyntheticBackend` (a small OpenAI subset over :class:`Engine`).
+
+An :class:`Engine` (only :mod:`.synthetic` implements it) turns a tokenized prompt plus sampling options into a stream of per-choice text
+deltas; :mod:`.synthetic` is an in-process fake for unit tests, demos and HTTP benchmarks.
 
 Contract of :meth:`Engine.generate`:
 
@@ -132,3 +135,35 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> EngineStats: ...
+
+
+class Backend(abc.ABC):
+    """What serves the OpenAI API: an ASGI app (valid once :meth:`start` returned) over an engine."""
+
+    name: str = "backend"
+    app: Any = None
+
+    @abc.abstractmethod
+    async def start(self, metrics: Any) -> None:
+        """Load the model and build :attr:`app`; feed ``metrics`` (infera_runtime.metrics.Metrics)
+        with per-request engine observations from then on. Raise on failure."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Release the engine (idempotent)."""
+
+    @abc.abstractmethod
+    def is_healthy(self) -> bool:
+        """False once a started engine has died."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @property
+    @abc.abstractmethod
+    def max_model_len(self) -> int: ...
+
+    @property
+    def max_token_bytes(self) -> int:
+        """The most UTF-8 bytes of text one token can stand for (0: unknown, no size bound)."""
+        return 0

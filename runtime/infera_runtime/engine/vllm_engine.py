@@ -1,11 +1,14 @@
-"""vLLM's ``AsyncLLM`` (the v1 engine) behind the :class:`~.base.Engine` interface.
+"""The vLLM backend: vLLM's own OpenAI server app, in-process over one ``AsyncLLM``.
 
-The runtime hands vLLM token ids (``tokens_input``), so vLLM does no second tokenization and
-takes its synchronous input path; outputs are requested as deltas (``RequestOutputKind.DELTA``)
-when streaming and as one final output otherwise, so nothing is re-sent or re-joined per token.
-Scheduler statistics (running, waiting, KV-cache usage) come from a stat logger that vLLM calls
-after each engine step; the request counts are corrected with the front end's own count of
-unfinished requests, since an idle engine core sends no further stats after an abort.
+The settings become ``vllm serve`` arguments (:func:`serve_argv`), parsed and validated by vLLM's
+own parser, so every flag ``vllm serve`` takes means the same here (``serve_args`` passes any
+other). The engine is built as ``vllm serve`` builds it, plus one stat logger of ours that feeds
+the ``infera_*`` metrics (TTFT, TPOT, prompt and generated tokens, running/waiting, KV-cache
+usage) from the engine's own per-step statistics. The app is vLLM's (routes, protocol models,
+chat templates, tool and reasoning parsers, structured outputs, logprobs, errors), with its
+state initialised and its lifespan entered exactly as in ``vllm serve``; only the HTTP server
+and what :mod:`infera_runtime.app` adds around it are ours. Version differences live in
+:mod:`infera_runtime.vllm_compat`.
 """
 
 from __future__ import annotations
@@ -13,37 +16,79 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from argparse import Namespace
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
-from ..errors import ContextLengthExceededError, InvalidRequestError, ServiceUnavailableError
+from .. import vllm_compat as compat
 from ..settings import RuntimeSettings
-from .base import ChatMessages, ChoiceDelta, Engine, EngineOutput, EngineRequest, EngineStats
-
-if TYPE_CHECKING:
-    from vllm.v1.engine.async_llm import AsyncLLM
+from .base import Backend, EngineStats
 
 log = logging.getLogger("infera.engine")
 
-# Above this many characters, templating/tokenizing runs in a thread instead of the event loop.
-_INLINE_CHARS = 8192
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+def serve_argv(settings: RuntimeSettings) -> list[str]:
+    """The ``vllm serve`` arguments for ``settings`` (``serve_args`` last, so they win)."""
+    argv = [
+        "--model",
+        settings.model,
+        "--served-model-name",
+        settings.model_name,
+        "--dtype",
+        settings.dtype,
+        "--gpu-memory-utilization",
+        str(settings.gpu_memory_utilization),
+        "--tensor-parallel-size",
+        str(settings.tensor_parallel_size),
+        "--disable-uvicorn-access-log",
+    ]
+    if settings.max_model_len is not None:
+        argv += ["--max-model-len", str(settings.max_model_len)]
+    if settings.quantization is not None:
+        argv += ["--quantization", settings.quantization]
+    if settings.enforce_eager:
+        argv.append("--enforce-eager")
+    if settings.tool_call_parser is not None:
+        argv += ["--tool-call-parser", settings.tool_call_parser]
+    if settings.enable_auto_tool_choice:
+        argv.append("--enable-auto-tool-choice")
+    if settings.reasoning_parser is not None:
+        argv += ["--reasoning-parser", settings.reasoning_parser]
+    if settings.chat_template is not None:
+        argv += ["--chat-template", settings.chat_template]
+    if settings.structured_outputs_backend is not None:
+        argv += ["--structured-outputs-config", f'{{"backend": "{settings.structured_outputs_backend}"}}']
+    if settings.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(settings.max_num_seqs)]
+    if settings.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(settings.max_num_batched_tokens)]
+    return argv + list(settings.serve_args)
+
+
+def build_serve_args(settings: RuntimeSettings) -> Namespace:
+    """vLLM's parsed serve arguments; ``engine_args`` set engine fields by name. Raises ValueError."""
+    args = compat.parse_serve_args(serve_argv(settings))
+    for key, value in settings.engine_args.items():
+        if not hasattr(args, key):
+            raise ValueError(f"invalid engine_args: {key!r} is not a vLLM engine argument")
+        setattr(args, key, value)
+    return args
 
 
 class _StatsSink:
-    """Holds the latest scheduler stats per engine index (written by vLLM's output handler)."""
+    """Latest scheduler stats per engine index, and per-step observations into our metrics."""
 
-    __slots__ = ("latest",)
+    __slots__ = ("latest", "metrics")
 
     def __init__(self) -> None:
         self.latest: dict[int, Any] = {}
+        self.metrics: Any = None
 
     def factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
-        from vllm.v1.metrics.loggers import StatLoggerBase
-
         sink = self
+        base: Any = compat.stat_logger_base()
 
-        class InferaStatLogger(StatLoggerBase):
+        class InferaStatLogger(base):  # type: ignore[misc]
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 self.engine_index = engine_index
 
@@ -56,84 +101,84 @@ class _StatsSink:
             ) -> None:
                 if scheduler_stats is not None:
                     sink.latest[engine_idx] = scheduler_stats
+                if iteration_stats is not None and sink.metrics is not None:
+                    sink.observe(iteration_stats)
 
             def log_engine_initialized(self) -> None:
                 pass
 
         return InferaStatLogger(vllm_config, engine_index)
 
+    def observe(self, iteration_stats: Any) -> None:
+        m = self.metrics
+        prompt, generated, ttfts, tpots = compat.iteration_observations(iteration_stats)
+        if prompt:
+            m.prompt_tokens.inc(prompt)
+        if generated:
+            m.generation_tokens.inc(generated)
+        for t in ttfts:
+            m.ttft.observe(t)
+        for t in tpots:
+            m.tpot.observe(t)
 
-def build_engine_args(settings: RuntimeSettings) -> Any:
-    """The ``AsyncEngineArgs`` for ``settings`` (``engine_args`` override the named fields)."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
 
-    kwargs: dict[str, Any] = {
-        "model": settings.model,
-        "served_model_name": [settings.model_name],
-        "dtype": settings.dtype,
-        "gpu_memory_utilization": settings.gpu_memory_utilization,
-        "tensor_parallel_size": settings.tensor_parallel_size,
-        "enforce_eager": settings.enforce_eager,
-        "disable_log_stats": False,
-        "enable_log_requests": False,
-    }
-    if settings.max_model_len is not None:
-        kwargs["max_model_len"] = settings.max_model_len
-    if settings.quantization is not None:
-        kwargs["quantization"] = settings.quantization
-    kwargs.update(settings.engine_args)
+def max_token_bytes(tokenizer: Any) -> int:
+    """The most UTF-8 bytes any vocabulary entry spells (0 if the vocabulary cannot be read).
+
+    A bound on the text one token stands for: a byte-level BPE entry spells one byte per
+    character; a SentencePiece entry spells its text (``▁`` for one space, ``<0x41>`` for one byte).
+    """
     try:
-        return AsyncEngineArgs(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"invalid engine_args: {exc}") from exc
+        vocab = tokenizer.get_vocab()
+        return max(len(t.encode("utf-8", "surrogatepass")) for t in vocab) if vocab else 0
+    except Exception as exc:  # a tokenizer without a readable vocabulary: no size bound
+        log.warning("cannot read the tokenizer's vocabulary (%s): no prompt size pre-check", exc)
+        return 0
 
 
-class VllmEngine(Engine):
+class VllmBackend(Backend):
     name = "vllm"
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
-        self._llm: AsyncLLM | None = None
-        self._tokenizer: Any = None
+        self.args = build_serve_args(settings)  # fail fast on bad settings
+        self._llm: Any = None
+        self._lifespan: AbstractAsyncContextManager[Any] | None = None
         self._max_model_len = 0
-        self._vocab_size = 0
-        self._defaults: dict[str, Any] = {}
+        self._max_token_bytes = 0
         self._stats = _StatsSink()
-        self._sampling_cls: Any = None
-        self._output_kind: Any = None
-        self._tokens_input: Any = None
 
-    # ------------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
-        from vllm.inputs.engine import tokens_input
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = build_engine_args(self.settings)
-        log.info("loading model", extra={"model": self.settings.model, "engine": "vllm"})
-        # vLLM builds its engine-core process and loads weights synchronously: keep the event
+    async def start(self, metrics: Any) -> None:
+        version = compat.check_version()
+        log.info("loading model", extra={"model": self.settings.model, "engine": "vllm", "vllm": version})
+        compat.import_parser_plugins(self.args)
+        engine_args = compat.engine_args_from(self.args)
+        self._stats.metrics = metrics
+        # vLLM starts its engine-core process and loads weights synchronously: keep the event
         # loop (and so the health endpoints) responsive meanwhile.
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=[self._stats.factory])
+        llm = await asyncio.to_thread(compat.create_async_llm, engine_args, [self._stats.factory])
         self._llm = llm
         # Start vLLM's output handler now, outside any request (it would otherwise start on the
         # first request and inherit that request's context, request id included).
         start_handler = getattr(llm, "_run_output_handler", None)
         if start_handler is not None:
             start_handler()
-        self._tokenizer = llm.get_tokenizer()
+        self.app = await compat.build_openai_app(llm, self.args)
+        self._lifespan = compat.lifespan(self.app)
+        await self._lifespan.__aenter__()
         self._max_model_len = int(llm.model_config.max_model_len)
-        self._vocab_size = int(llm.model_config.get_vocab_size())
-        self._defaults = _defaults_from(llm.model_config.get_diff_sampling_param())
-        self._sampling_cls = SamplingParams
-        self._output_kind = RequestOutputKind
-        self._tokens_input = tokens_input
+        self._max_token_bytes = await asyncio.to_thread(max_token_bytes, compat.tokenizer(llm))
         log.info(
             "model loaded",
-            extra={"max_model_len": self._max_model_len, "sampling_defaults": self._defaults},
+            extra={"max_model_len": self._max_model_len, "max_token_bytes": self._max_token_bytes},
         )
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is not None:
+            with contextlib.suppress(Exception):
+                await lifespan.__aexit__(None, None, None)
         if llm is not None:
             # Stop the output handler first: it would report the closing engine as a failure.
             handler = getattr(llm, "output_handler", None)
@@ -152,125 +197,14 @@ class VllmEngine(Engine):
         return self._max_model_len
 
     @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
-
-    def default_sampling(self) -> dict[str, Any]:
-        return dict(self._defaults)
-
-    # ------------------------------------------------------------------ text
-    async def apply_chat_template(self, messages: ChatMessages) -> str:
-        size = sum(len(m.get("content") or "") for m in messages)
-        if size > _INLINE_CHARS:
-            return await asyncio.to_thread(self._render, messages)
-        return self._render(messages)
-
-    def _render(self, messages: ChatMessages) -> str:
-        tok = self._tokenizer
-        if getattr(tok, "chat_template", None) is None:
-            raise InvalidRequestError(
-                "This model has no chat template; use /v1/completions.", param="messages"
-            )
-        try:
-            out = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # jinja2 TemplateError (raise_exception in the template), ...
-            raise InvalidRequestError(
-                f"The model's chat template rejected the messages: {exc}", param="messages"
-            ) from exc
-        if not isinstance(out, str):
-            raise InvalidRequestError("The model's chat template did not produce text.", param="messages")
-        return out
-
-    async def tokenize(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        if len(text) > _INLINE_CHARS:
-            return await asyncio.to_thread(self._encode, text, add_special_tokens)
-        return self._encode(text, add_special_tokens)
-
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    # ------------------------------------------------------------------ generation
-    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        llm = self._llm
-        if llm is None or llm.errored:
-            raise ServiceUnavailableError("The engine is not running.")
-        prompt_len = len(request.prompt_token_ids)
-        s = request.sampling
-        if prompt_len == 0:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        if prompt_len + s.max_tokens > self._max_model_len:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {self._max_model_len} tokens; the prompt has "
-                f"{prompt_len} tokens and max_tokens is {s.max_tokens}.",
-                param="max_tokens" if prompt_len < self._max_model_len else "messages",
-            )
-        bad = [t for t in request.prompt_token_ids if t < 0 or t >= self._vocab_size]
-        if bad:
-            raise InvalidRequestError(f"Token id {bad[0]} is out of vocabulary.", param="prompt")
-        kind = self._output_kind.DELTA if request.stream else self._output_kind.FINAL_ONLY
-        try:
-            params = self._sampling_cls(
-                n=s.n,
-                max_tokens=s.max_tokens,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                top_k=s.top_k,
-                min_p=s.min_p,
-                seed=s.seed,
-                stop=list(s.stop) or None,
-                presence_penalty=s.presence_penalty,
-                frequency_penalty=s.frequency_penalty,
-                repetition_penalty=s.repetition_penalty,
-                ignore_eos=s.ignore_eos,
-                output_kind=kind,
-            )
-        except ValueError as exc:
-            raise InvalidRequestError(f"Invalid sampling parameters: {exc}") from exc
-        prompt = self._tokens_input(request.prompt_token_ids)
-        return self._stream(llm, request.request_id, prompt, params, request.stream)
-
-    async def _stream(
-        self, llm: AsyncLLM, request_id: str, prompt: Any, params: Any, stream: bool
-    ) -> AsyncGenerator[EngineOutput, None]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        gen = llm.generate(prompt, params, request_id)
-        try:
-            async for out in gen:
-                deltas = [
-                    ChoiceDelta(
-                        c.index,
-                        c.text,
-                        len(c.token_ids),
-                        _FINISH.get(c.finish_reason, "stop") if c.finish_reason is not None else None,  # type: ignore[arg-type]
-                    )
-                    for c in out.outputs
-                ]
-                if stream:
-                    yield EngineOutput(deltas, out.finished)
-                else:
-                    m = out.metrics
-                    first = getattr(m, "first_token_ts", 0.0) or None
-                    last = getattr(m, "last_token_ts", 0.0) or None
-                    yield EngineOutput(deltas, out.finished, first, last)
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc)) from exc
-        except EngineDeadError as exc:
-            raise ServiceUnavailableError("The engine died; the server is restarting.") from exc
-        finally:
-            # Closing vLLM's generator early (client gone, timeout) aborts the request there.
-            await gen.aclose()
-
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
+    def max_token_bytes(self) -> int:
+        return self._max_token_bytes
 
     def stats(self) -> EngineStats:
         llm = self._llm
         if llm is None:
             return EngineStats()
-        unfinished = llm.get_num_unfinished_requests()
+        unfinished = compat.unfinished_requests(llm)
         latest = list(self._stats.latest.values())
         if unfinished == 0:
             # The engine core sends no stats while idle; nothing is running then.
@@ -281,23 +215,9 @@ class VllmEngine(Engine):
         waiting = sum(
             int(x.num_waiting_reqs) + int(getattr(x, "num_skipped_waiting_reqs", 0)) for x in latest
         )
-        kv = max(float(x.kv_cache_usage) for x in latest)
+        kv = max(float(getattr(x, "kv_cache_usage", 0.0)) for x in latest)
         return EngineStats(
             kv_cache_usage=min(1.0, max(0.0, kv)),
             running=min(running, unfinished),
             waiting=min(waiting, unfinished),
         )
-
-
-def _defaults_from(diff: dict[str, Any]) -> dict[str, Any]:
-    known = {
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "repetition_penalty",
-        "max_tokens",
-    }
-    return {k: v for k, v in diff.items() if k in known and v is not None}

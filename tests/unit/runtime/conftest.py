@@ -17,7 +17,7 @@ import uvicorn
 
 from infera_runtime.app import Runtime, create_app
 from infera_runtime.auth import ApiKeys
-from infera_runtime.engine import make_engine
+from infera_runtime.engine import make_backend
 from infera_runtime.settings import RuntimeSettings
 
 MODEL = "tiny"
@@ -31,7 +31,7 @@ class LiveServer:
 
     @property
     def engine(self) -> Any:
-        return self.runtime.engine
+        return self.runtime.backend.engine
 
 
 class _QuietServer(uvicorn.Server):
@@ -48,7 +48,7 @@ async def live_server(
         model=f"/models/{MODEL}", engine="synthetic", api_key_file=api_key_file, **overrides
     )
     keys = ApiKeys(api_key_file) if api_key_file is not None else None
-    runtime = Runtime(settings, make_engine(settings), keys)
+    runtime = Runtime(settings, make_backend(settings), keys)
     if load:
         await runtime.load_engine()
     app = create_app(runtime)
@@ -72,7 +72,7 @@ async def live_server(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
-        await runtime.engine.shutdown()
+        await runtime.backend.shutdown()
         sock.close()
 
 
