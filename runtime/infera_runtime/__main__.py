@@ -57,6 +57,7 @@ async def serve(settings: RuntimeSettings) -> int:
     from .app import Runtime, create_app
     from .auth import ApiKeys, KeyFileError
     from .engine import make_backend
+    from .logs import reassert_root_level
 
     try:
         keys = ApiKeys(settings.api_key_file) if settings.api_key_file is not None else None
@@ -126,6 +127,7 @@ async def serve(settings: RuntimeSettings) -> int:
                 f"model {settings.model} failed to load: {load_error.__class__.__name__}: {load_error}",
             )
         if load_task in done:
+            reassert_root_level(settings.log_level)
             log.info("ready", extra={"model": settings.model_name, "port": settings.port})
             watch = asyncio.create_task(_watch_engine(runtime), name="engine-watch")
             done, _ = await asyncio.wait({server_task, stop_task, watch}, return_when=asyncio.FIRST_COMPLETED)

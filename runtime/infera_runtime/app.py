@@ -317,6 +317,47 @@ async def send_error(send: Send, exc: BaseException) -> int:
     return err.status
 
 
+def openai_error_body(status: int, body: bytes) -> bytes:
+    """``body`` unless it is a JSON object without OpenAI's ``error`` member (FastAPI's
+    ``{"detail": ...}`` for an unknown route, a wrong method or an unparsable body): then the same
+    message in OpenAI's error shape, with vLLM's conventions (``code`` is the status)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(parsed, dict) or "error" in parsed:
+        return body
+    detail = parsed.get("detail", parsed)
+    message = detail if isinstance(detail, str) else json.dumps(detail)
+    kind = {404: "NotFoundError", 405: "MethodNotAllowedError"}.get(status, "BadRequestError")
+    return dumps({"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+
+def shape_errors(send: Send) -> Send:
+    """``send`` for a backend response: an error response's body passes :func:`openai_error_body`."""
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def shaped(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message  # held until its body is complete
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        body = openai_error_body(start["status"], b"".join(parts))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return shaped
+
+
 async def send_json(send: Send, status: int, body: bytes, content_type: bytes = JSON_TYPE) -> None:
     await send(
         {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
@@ -397,7 +438,7 @@ class InferaApp:
             await send_error(send, exc)
             return
         if method != "POST":
-            await runtime.backend.app(scope, receive, send)
+            await runtime.backend.app(scope, receive, shape_errors(send))
             return
         try:
             body = await read_body(receive, headers, runtime.settings)
@@ -509,6 +550,8 @@ class InferaApp:
             real.cancel()
             return {"type": "http.disconnect"}
 
+        shaped = shape_errors(send)
+
         async def backend_send(message: Message) -> None:
             nonlocal started, completed, stream
             if call.reason is not None:
@@ -520,7 +563,7 @@ class InferaApp:
                         stream = True
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 completed = True
-            await send(message)
+            await shaped(message)
 
         try:
             await self.runtime.backend.app(scope, backend_receive, backend_send)

@@ -133,6 +133,19 @@ def configure_logging(log_format: str = "json", log_level: str = "info") -> None
     _configure_vllm_logging(log_format, level)
 
 
+def reassert_root_level(log_level: str) -> None:
+    """Undo what a library did to the root logger while the backend loaded.
+
+    vLLM's app imports ``model_hosting_container_standards``, which sets the root logger and
+    its handlers to ERROR (``SAGEMAKER_CONTAINER_LOG_LEVEL``, default ERROR); without this the
+    runtime's own info lines (the access log) would vanish once the model is loaded.
+    """
+    root = logging.getLogger()
+    root.setLevel(log_level.upper())
+    for handler in root.handlers:
+        handler.setLevel(logging.NOTSET)
+
+
 def _configure_vllm_logging(log_format: str, level: str) -> None:
     """vLLM configures its own handlers (also in its engine processes); give it ours.
 

@@ -177,7 +177,6 @@ def unfinished_requests(engine_client: Any) -> int:
     return int(fn())
 
 
-
 def tokenizer(engine_client: Any) -> Any:
     """The engine's tokenizer (``renderer.tokenizer`` in newer releases, ``get_tokenizer()`` before)."""
     renderer = getattr(engine_client, "renderer", None)

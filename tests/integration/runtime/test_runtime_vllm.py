@@ -379,8 +379,6 @@ async def test_disconnect_aborts_streaming_request(server: Any) -> None:
         m = await eventually(server, idle)
     rec = await access_record(server, "it-dc-stream")
     assert rec["cancelled"] == "disconnect"
-    assert "abort" in rec["finish_reason"]
-    assert rec["completion_tokens"] < 64 * LONG_TOKENS
     assert m["infera_kv_cache_usage_ratio"] == 0
     await asyncio.sleep(0.5)
     assert generated(await metrics(server)) == generated(m)  # the engine stopped generating
@@ -402,10 +400,11 @@ async def test_disconnect_aborts_non_streaming_request(server: Any) -> None:
         post.cancel()  # httpx closes the connection: the server sees http.disconnect
         with contextlib.suppress(asyncio.CancelledError):
             await post
-    await eventually(server, idle)
+    m = await eventually(server, idle)
     rec = await access_record(server, "it-dc-full")
     assert rec["status"] == 499 and rec["cancelled"] == "disconnect"
-    assert rec["completion_tokens"] < 64 * LONG_TOKENS
+    await asyncio.sleep(0.5)
+    assert generated(await metrics(server)) == generated(m)  # the engine stopped generating
 
 
 async def test_request_timeout_aborts(server: Any) -> None:
@@ -415,44 +414,34 @@ async def test_request_timeout_aborts(server: Any) -> None:
         r = await h.post("/v1/completions", json=body, headers={"X-Request-Id": "it-timeout"})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == "request_timeout"
-    await eventually(server, idle)
+    m = await eventually(server, idle)
     rec = await access_record(server, "it-timeout")
     assert rec["cancelled"] == "timeout" and rec["duration_ms"] < (TIMEOUT_S + 2) * 1000
-    assert "abort" in rec["finish_reason"]
-    assert rec["completion_tokens"] < 128 * LONG_TOKENS
+    await asyncio.sleep(0.5)
+    assert generated(await metrics(server)) == generated(m)  # the engine stopped generating
 
 
 @pytest.mark.parametrize(
-    ("path", "body", "status", "code"),
+    ("path", "body", "status", "param"),
     [
-        ("/v1/chat/completions", {"model": "gpt-4", "messages": MESSAGES}, 400, "model_not_found"),
-        (
-            "/v1/chat/completions",
-            {"model": MODEL, "messages": MESSAGES, "temperature": 5},
-            400,
-            "invalid_value",
-        ),
-        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "n": 0}, 400, "invalid_value"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "invalid_value"),
-        (
-            "/v1/chat/completions",
-            {"model": MODEL, "messages": MESSAGES, "max_tokens": CONTEXT + 50},
-            400,
-            "context_length_exceeded",
-        ),
+        ("/v1/chat/completions", {"model": "gpt-4", "messages": MESSAGES}, 404, "model"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "temperature": 5}, 400, "temperature"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "n": 0}, 400, None),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, None),
+        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": CONTEXT + 50}, 400, "max_tokens"),
         (
             "/v1/chat/completions",
             {"model": MODEL, "messages": [{"role": "user", "content": "hello " * (CONTEXT + 50)}]},
             400,
-            "context_length_exceeded",
+            None,
         ),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 3}, 400, None),
         ("/v1/completions", {"model": MODEL, "prompt": [5, 100000]}, 400, None),
-        ("/v1/completions", {"model": MODEL}, 400, "invalid_value"),
-        ("/v1/completions", "{oops", 400, "invalid_json"),
+        ("/v1/completions", {"model": MODEL}, 400, "prompt"),
+        ("/v1/completions", "{oops", 400, None),
     ],
 )
-async def test_error_paths(server: Any, path: str, body: Any, status: int, code: str | None) -> None:
+async def test_error_paths(server: Any, path: str, body: Any, status: int, param: str | None) -> None:
+    """vLLM's own validation and error bodies (the differential tier compares them with vllm serve)."""
     async with http(server) as h:
         if isinstance(body, str):
             r = await h.post(path, content=body.encode(), headers={"content-type": "application/json"})
@@ -460,15 +449,15 @@ async def test_error_paths(server: Any, path: str, body: Any, status: int, code:
             r = await h.post(path, json=body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert err["code"] == code
+    assert err["message"] and err["code"] == status
+    if param is not None:
+        assert err["param"] == param
 
 
 async def test_unknown_route_and_method(server: Any) -> None:
     async with http(server) as h:
-        r = await h.get("/v1/embeddings")
-        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await h.get("/v1/embeddings")  # a generative model serves no embeddings (as vllm serve)
+        assert r.status_code == 404
         r = await h.delete("/v1/models")
         assert r.status_code == 405
 
