@@ -425,10 +425,20 @@ async def test_request_timeout_aborts(server: Any) -> None:
     ("path", "body", "status", "param"),
     [
         ("/v1/chat/completions", {"model": "gpt-4", "messages": MESSAGES}, 404, "model"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "temperature": 5}, 400, "temperature"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": MESSAGES, "temperature": 5},
+            400,
+            "temperature",
+        ),
         ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "n": 0}, 400, None),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, None),
-        ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": CONTEXT + 50}, 400, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": MESSAGES, "max_tokens": CONTEXT + 50},
+            400,
+            "max_tokens",
+        ),
         (
             "/v1/chat/completions",
             {"model": MODEL, "messages": [{"role": "user", "content": "hello " * (CONTEXT + 50)}]},
