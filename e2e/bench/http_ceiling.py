@@ -26,11 +26,14 @@ import platform
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from loadgen import LoadConfig, LoadResult, format_table, run_load
-from servers import runtime_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infera_testenv.openai_servers import runtime_server
 
 GAUGE = re.compile(r"^infera_requests_in_flight(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", re.M)
 

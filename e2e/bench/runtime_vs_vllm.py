@@ -29,7 +29,9 @@ from typing import Any
 
 import aiohttp
 from loadgen import LoadConfig, LoadResult, format_table, run_load, stream_request
-from servers import Server, raw_vllm_server, runtime_server, tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infera_testenv.openai_servers import Server, raw_vllm_server, runtime_server, tiny_model
 
 # 24 words of the tiny model's vocabulary: a fixed prompt of a fixed token length.
 PROMPT = (

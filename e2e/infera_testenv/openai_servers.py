@@ -1,4 +1,5 @@
-"""Start and stop the servers the benchmarks measure, as real subprocesses on loopback.
+"""Start and stop OpenAI servers (ours and raw vLLM) as real subprocesses on loopback, for the
+benchmarks (``e2e/bench``) and the differential tests (``tests/differential``).
 
 * :func:`runtime_server`: this checkout's runtime (``python -m infera_runtime``), configured
   by ``INFERA_*`` environment variables as in production;
@@ -12,7 +13,6 @@ server, would set the pace.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -24,11 +24,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from loadgen import wait_ready
+import httpx
+
+from infera_testenv.procs import start_server
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "e2e"))
-from infera_testenv.procs import start_server  # noqa: E402
 
 PYTHON = (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -72,20 +72,22 @@ class Server:
             cwd=REPO,
         )
 
-    def wait_ready(self, timeout_s: float) -> float:
+    def wait_ready(self, timeout_s: float, path: str = "/v1/models") -> float:
+        """Seconds until GET ``path`` answers 200; raises if the process exits or time runs out."""
         t0 = time.monotonic()
-
-        async def _wait() -> None:
-            task = asyncio.ensure_future(wait_ready(self.base_url, timeout_s))
-            while not task.done():
-                if self.proc.poll() is not None:
-                    task.cancel()
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-                await asyncio.sleep(0.3)
-            await task
-
-        asyncio.run(_wait())
-        return time.monotonic() - t0
+        last = ""
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                r = httpx.get(self.base_url + path, timeout=5)
+                if r.status_code == 200:
+                    return time.monotonic() - t0
+                last = f"HTTP {r.status_code}"
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s}s (last: {last}):\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
