@@ -56,6 +56,23 @@ TYPED_ENGINE_ARGS = (
     "quantization",
     "enforce_eager",
     "revision",
+    "tool_call_parser",
+    "enable_auto_tool_choice",
+    "reasoning_parser",
+    "chat_template",
+    "structured_outputs_config",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+)
+# spec.engine fields passed to the runtime as they are (runtime setting, spec field).
+ENGINE_SERVE_FIELDS = (
+    ("tool_call_parser", "toolCallParser"),
+    ("enable_auto_tool_choice", "enableAutoToolChoice"),
+    ("reasoning_parser", "reasoningParser"),
+    ("chat_template", "chatTemplate"),
+    ("structured_outputs_backend", "structuredOutputsBackend"),
+    ("max_num_seqs", "maxNumSeqs"),
+    ("max_num_batched_tokens", "maxNumBatchedTokens"),
 )
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "infera.dev/")
 MODEL_URI_RE = re.compile(
@@ -104,6 +121,13 @@ def engine_spec(spec: Obj) -> Obj:
         "maxConcurrentRequests": e.get("maxConcurrentRequests", 256),
         "maxQueuedRequests": e.get("maxQueuedRequests", 512),
         "requestTimeoutSeconds": e.get("requestTimeoutSeconds", 600),
+        "toolCallParser": e.get("toolCallParser"),
+        "enableAutoToolChoice": e.get("enableAutoToolChoice", False),
+        "reasoningParser": e.get("reasoningParser"),
+        "chatTemplate": e.get("chatTemplate"),
+        "structuredOutputsBackend": e.get("structuredOutputsBackend"),
+        "maxNumSeqs": e.get("maxNumSeqs"),
+        "maxNumBatchedTokens": e.get("maxNumBatchedTokens"),
         "extraArgs": dict(e.get("extraArgs") or {}),
     }
 
@@ -188,6 +212,8 @@ def validate(name: str, spec: Obj) -> list[str]:
         problems.append(f"engine.tensorParallelSize ({tp}) must divide resources.gpus ({gpus})")
     if gpus < 0:
         problems.append("resources.gpus must not be negative")
+    if engine["enableAutoToolChoice"] and not engine["toolCallParser"]:
+        problems.append("engine.enableAutoToolChoice needs engine.toolCallParser")
     clash = sorted(k for k in engine["extraArgs"] if k in TYPED_ENGINE_ARGS)
     if clash:
         problems.append(
@@ -335,6 +361,9 @@ def runtime_config(cr: Obj, cfg: OperatorConfig | None = None) -> Obj:
         conf["max_model_len"] = engine["maxModelLen"]
     if engine["quantization"]:
         conf["quantization"] = engine["quantization"]
+    for key, field in ENGINE_SERVE_FIELDS:
+        if engine[field] not in (None, False):
+            conf[key] = engine[field]
     key_ref = spec.get("apiKeySecretRef")
     if isinstance(key_ref, dict):
         conf["api_key_file"] = f"{API_KEY_DIR}/{key_ref.get('key', 'api-keys')}"

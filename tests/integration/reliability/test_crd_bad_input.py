@@ -93,6 +93,23 @@ CASES: list[tuple[str, Any, str]] = [
         "engine.tensorParallelSize must divide resources.gpus",
     ),
     ("quantization-shell", variant(engine__quantization="awq; rm -rf /"), "engine.quantization must be"),
+    (
+        "auto-tool-choice-without-parser",
+        variant(engine__enableAutoToolChoice=True),
+        "engine.enableAutoToolChoice needs engine.toolCallParser",
+    ),
+    (
+        "tool-parser-shell",
+        variant(engine__toolCallParser="hermes && curl x"),
+        "engine.toolCallParser must be",
+    ),
+    (
+        "reasoning-parser-upper",
+        variant(engine__reasoningParser="DeepSeek R1"),
+        "engine.reasoningParser must be",
+    ),
+    ("structured-backend-unknown", variant(engine__structuredOutputsBackend="regexp"), "Unsupported value"),
+    ("max-num-seqs-zero", variant(engine__maxNumSeqs=0), "should be greater than or equal to 1"),
     ("name-starts-with-digit", variant(name="1llama"), "metadata.name must be a DNS-1035 label"),
     ("name-uppercase", variant(name="Llama"), "metadata.name"),
     ("name-too-long", variant(name="a" * 64), "metadata.name"),

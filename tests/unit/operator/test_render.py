@@ -197,3 +197,37 @@ def test_validation_names_the_problem(name: str, spec: Obj, fragment: str) -> No
 def test_a_valid_spec_has_no_problems() -> None:
     spec = {"model": {"uri": "hf://org/m"}, "engine": {"tensorParallelSize": 4}, "resources": {"gpus": 8}}
     assert render.validate("llama-70b", spec) == []
+
+
+def test_engine_serving_fields_reach_the_runtime_settings() -> None:
+    spec = {
+        "model": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct"},
+        "engine": {
+            "toolCallParser": "hermes",
+            "enableAutoToolChoice": True,
+            "reasoningParser": "qwen3",
+            "chatTemplate": "{{ messages[0].content }}",
+            "structuredOutputsBackend": "xgrammar",
+            "maxNumSeqs": 128,
+            "maxNumBatchedTokens": 4096,
+        },
+    }
+    conf = render.runtime_config(cr(spec))
+    assert {k: conf[k] for k, _ in render.ENGINE_SERVE_FIELDS} == {
+        "tool_call_parser": "hermes",
+        "enable_auto_tool_choice": True,
+        "reasoning_parser": "qwen3",
+        "chat_template": "{{ messages[0].content }}",
+        "structured_outputs_backend": "xgrammar",
+        "max_num_seqs": 128,
+        "max_num_batched_tokens": 4096,
+    }
+    plain = render.runtime_config(cr({"model": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct"}}))
+    assert not set(plain) & {k for k, _ in render.ENGINE_SERVE_FIELDS}
+
+
+def test_auto_tool_choice_needs_a_parser_and_typed_fields_stay_out_of_extra_args() -> None:
+    problems = render.validate("chat", {"model": {"uri": "/m"}, "engine": {"enableAutoToolChoice": True}})
+    assert any("enableAutoToolChoice needs engine.toolCallParser" in p for p in problems)
+    problems = render.validate("chat", {"model": {"uri": "/m"}, "engine": {"extraArgs": {"max_num_seqs": 8}}})
+    assert any("max_num_seqs" in p for p in problems)
