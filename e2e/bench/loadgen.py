@@ -57,6 +57,9 @@ class RequestResult:
     retry_after: str | None = None
     prompt_tokens: int | None = None
     chunks: int = 0  # SSE events that carried text
+    events: int = 0  # every SSE data event, [DONE] included
+    bytes: int = 0  # body bytes received
+    first_event_s: float | None = None  # time to the first event with choices (vllm bench serve's TTFT)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +119,17 @@ class LoadResult:
         return sum(r.chunks for r in self.ok) / len(self.ok) if self.ok else math.nan
 
     @property
+    def events_per_request(self) -> float:
+        return sum(r.events for r in self.ok) / len(self.ok) if self.ok else math.nan
+
+    @property
+    def bytes_per_request(self) -> float:
+        return sum(r.bytes for r in self.ok) / len(self.ok) if self.ok else math.nan
+
+    def first_event(self, q: float) -> float:
+        return percentile([r.first_event_s for r in self.ok if r.first_event_s is not None], q)
+
+    @property
     def tokens_per_request(self) -> float:
         return self.output_tokens / len(self.ok) if self.ok else math.nan
 
@@ -135,6 +149,10 @@ class LoadResult:
             "ttft_p95_ms": round(self.ttft(95) * 1000, 1),
             "e2e_p50_ms": round(self.e2e(50) * 1000, 1),
             "e2e_p99_ms": round(self.e2e(99) * 1000, 1),
+            "first_event_p50_ms": round(self.first_event(50) * 1000, 1),
+            "events_per_request": round(self.events_per_request, 2),
+            "bytes_per_request": round(self.bytes_per_request, 1),
+            "tokens_per_request": round(self.tokens_per_request, 2),
         }
 
 
@@ -173,7 +191,10 @@ async def stream_request(
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     start = time.perf_counter()
     ttft: float | None = None
+    first_event: float | None = None
     chunks_with_text = 0
+    events = 0
+    nbytes = 0
     usage_tokens: int | None = None
     prompt_tokens: int | None = None
     finished = False
@@ -200,12 +221,14 @@ async def stream_request(
             buf = b""
             async for data in resp.content.iter_any():
                 buf += data
+                nbytes += len(data)
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     line = line.strip()
                     if not line.startswith(b"data:"):
                         continue
                     payload = line[5:].strip()
+                    events += 1
                     if payload == b"[DONE]":
                         finished = saw_finish_reason
                         continue
@@ -220,6 +243,8 @@ async def stream_request(
                             False,
                             error=f"in-stream error: {chunk['error']}",
                         )
+                    if first_event is None and chunk.get("choices"):
+                        first_event = time.perf_counter() - start
                     if _chunk_text(chunk):
                         chunks_with_text += 1
                         if ttft is None:
@@ -242,6 +267,9 @@ async def stream_request(
                 error=err,
                 prompt_tokens=prompt_tokens,
                 chunks=chunks_with_text,
+                events=events,
+                bytes=nbytes,
+                first_event_s=first_event,
             )
     except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, OSError) as exc:
         return RequestResult(

@@ -3,7 +3,7 @@ benchmarks (``e2e/bench``) and the differential tests (``tests/differential``).
 
 * :func:`runtime_server`: this checkout's runtime (``python -m infera_runtime``), configured
   by ``INFERA_*`` environment variables as in production;
-* :func:`raw_vllm_server`: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``).
+* :func:`raw_vllm_server`: vLLM's own OpenAI server, started as ``vllm serve``.
 
 Both yield the base URL once ``/v1/models`` answers, and stop the whole process group after.
 Both run below the benchmark's priority (``infera_testenv.procs.start_server``): on a 2-core
@@ -30,7 +30,8 @@ from infera_testenv.procs import start_server
 
 REPO = Path(__file__).resolve().parents[2]
 
-PYTHON = (
+# INFERA_SERVER_PYTHON runs both servers under another environment (another vLLM release).
+PYTHON = os.environ.get("INFERA_SERVER_PYTHON") or (
     str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 )
 TINY_MODEL = Path.home() / ".cache/infera/models/infera-tiny-llama-359bfd45d24bfbab"
@@ -154,10 +155,8 @@ def raw_vllm_server(
 ) -> Iterator[Server]:
     port = free_port()
     argv = [
-        PYTHON,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
+        str(Path(PYTHON).parent / "vllm"),  # the `vllm serve` command of the same environment
+        "serve",
         str(model),
         "--dtype",
         "float32",

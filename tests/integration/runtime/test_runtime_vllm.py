@@ -472,6 +472,36 @@ async def test_unknown_route_and_method(server: Any) -> None:
         assert r.status_code == 405
 
 
+async def test_huge_prompts_are_refused_before_tokenization(server: Any) -> None:
+    """Three concurrent 10 MB prompts (completions, chat, a batch) are refused by size, before any
+    tokenization (the message gives the size in bytes, which only the pre-check knows), while a
+    small request beside them is served. The latency this costs the small request is measured by
+    e2e/bench/huge_prompts.py, not asserted here."""
+    text = "x " * 5_000_000  # 10 MB
+    bodies = [
+        {"model": MODEL, "prompt": text, "max_tokens": 1},
+        {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": 1},
+        {"model": MODEL, "prompt": ["hi", text], "max_tokens": 1},
+    ]
+    paths = ["/v1/completions", "/v1/chat/completions", "/v1/completions"]
+    before = (await metrics(server)).get("infera_prompt_tokens_total", 0.0)
+    async with http(server) as h:
+        big = [
+            asyncio.create_task(
+                h.post(p, content=json.dumps(b).encode(), headers={"content-type": "application/json"})
+            )
+            for p, b in zip(paths, bodies, strict=True)
+        ]
+        small = await h.post("/v1/completions", json={"model": MODEL, "prompt": "hello", "max_tokens": 2})
+        assert small.status_code == 200, small.text
+        for r in await asyncio.gather(*big):
+            assert r.status_code == 400, r.text[:300]
+            err = r.json()["error"]
+            assert "maximum context length" in err["message"] and "10000000 bytes" in err["message"], err
+    after = (await metrics(server)).get("infera_prompt_tokens_total", 0.0)
+    assert after - before < 50  # only the small request's prompt reached the engine
+
+
 async def test_metrics_contents(server: Any) -> None:
     m = await metrics(server)
     for name in (
