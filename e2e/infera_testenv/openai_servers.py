@@ -67,7 +67,9 @@ class Server:
                 **os.environ,
                 **env,
                 "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join([str(REPO / "runtime"), os.environ.get("PYTHONPATH", "")]),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(REPO / "runtime"), str(REPO / "e2e"), os.environ.get("PYTHONPATH", "")]
+                ),
             },
             log=self._logf,
             cwd=REPO,
@@ -155,7 +157,9 @@ def raw_vllm_server(
 ) -> Iterator[Server]:
     port = free_port()
     argv = [
-        str(Path(PYTHON).parent / "vllm"),  # the `vllm serve` command of the same environment
+        PYTHON,
+        "-m",
+        "infera_testenv.vllm_cli",  # the `vllm` command of the same environment
         "serve",
         str(model),
         "--dtype",
