@@ -191,7 +191,7 @@ def _walk(
         if name in res.versions:
             if not req.specifier.contains(res.versions[name], prereleases=True):
                 res.conflicts.append(f"{why} needs {req}, but {name} {res.versions[name]} was chosen")
-                if not (spec & req.specifier) == spec:
+                if (spec & req.specifier) != spec:
                     known[name] = spec & req.specifier
                     res.retry = True
             continue

@@ -117,10 +117,12 @@ class Proc:
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return time.monotonic() - t0
             time.sleep(1)
         raise TimeoutError(f"{self.name} not ready in {timeout_s}s:\n{self.tail()}")
 
