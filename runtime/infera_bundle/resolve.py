@@ -174,6 +174,7 @@ def _walk(
     known: dict[NormalizedName, SpecifierSet],
 ) -> Resolution:
     res = Resolution()
+    extras_done: dict[NormalizedName, set[str]] = {}
     queue: list[tuple[Requirement, str]] = [(Requirement(r), "the command line") for r in requirements]
     while queue:
         req, why = queue.pop(0)
@@ -194,17 +195,47 @@ def _walk(
                 if (spec & req.specifier) != spec:
                     known[name] = spec & req.specifier
                     res.retry = True
+            new_extras = set(req.extras) - extras_done[name]
+            if new_extras:  # the same wheel, asked for with more extras: walk what they add
+                extras_done[name] |= new_extras
+                _, version, requires = wheel_metadata(res.wheels[name])
+                queue.extend(
+                    _deps(
+                        requires,
+                        target,
+                        new_extras,
+                        f"{req.name}[{','.join(sorted(new_extras))}] {version}",
+                        only_extras=True,
+                    )
+                )
             continue
         known[name] = spec = spec & req.specifier
         path = download(f"{req.name}{spec}")
         got_name, version, requires = wheel_metadata(path)
         res.wheels[name] = path
         res.versions[name] = version
-        envs = [target.marker_env(e) for e in sorted(req.extras)]
-        envs.append(target.marker_env())
-        for line in requires:
-            dep = Requirement(line)
-            if dep.marker is None or any(dep.marker.evaluate(env) for env in envs):
-                dep.marker = None
-                queue.append((dep, f"{got_name} {version}"))
+        extras_done[name] = set(req.extras)
+        queue.extend(_deps(requires, target, set(req.extras), f"{got_name} {version}"))
     return res
+
+
+def _deps(
+    requires: list[str], target: Target, extras: set[str], why: str, only_extras: bool = False
+) -> list[tuple[Requirement, str]]:
+    """The ``Requires-Dist`` entries that apply on ``target`` with ``extras`` (markers dropped).
+
+    ``only_extras``: just those that an extra brings (the others were walked already).
+    """
+    out = []
+    for line in requires:
+        dep = Requirement(line)
+        if dep.marker is None:
+            if not only_extras:
+                out.append((dep, why))
+            continue
+        with_extra = any(dep.marker.evaluate(target.marker_env(e)) for e in sorted(extras))
+        plain = dep.marker.evaluate(target.marker_env())
+        if (with_extra and not plain) or (plain and not only_extras):
+            dep.marker = None
+            out.append((dep, why))
+    return out

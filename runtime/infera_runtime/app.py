@@ -12,9 +12,9 @@ that adds, per request, in this order:
 * the API key (:mod:`.auth`) on everything but probes, ``/metrics``, ``/version`` and ``/ping``;
 * readiness: 503 while the model loads, the engine is unhealthy or the server drains;
 * for ``POST`` requests: the body, bounded in size (413), in time (408) and declared as JSON
-  (415); a prompt whose size alone proves it cannot fit the context is refused with vLLM's
-  400 before anything is tokenized (:func:`prompt_bytes`); then admission (429 with
-  ``Retry-After`` when running and queued are full; FIFO queue otherwise);
+  (415); then admission (429 with ``Retry-After`` when running and queued are full; FIFO
+  queue otherwise), so templating and tokenizing (vLLM's, which refuses a prompt whose length in
+  characters alone exceeds the context before tokenizing it) are bounded by admission too;
 * ``request_timeout_s`` (queue wait plus generation) and shutdown: the backend sees the request
   as a client disconnect (its ``receive`` answers ``http.disconnect``), which is how vLLM
   aborts an engine request; the client gets a 504/503, or, mid-stream, an error event and
@@ -39,7 +39,6 @@ from .auth import ApiKeys
 from .engine.base import Backend
 from .errors import (
     BodyTimeoutError,
-    ContextLengthExceededError,
     InferaError,
     InternalError,
     PayloadTooLargeError,
@@ -79,12 +78,6 @@ OPEN_PATHS = frozenset(
 _RID_OK = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 JSON_TYPE = b"application/json"
 DONE = b"data: [DONE]\n\n"
-# Bodies at least this large are parsed in a thread, so the event loop keeps serving meanwhile.
-_THREAD_PARSE_BYTES = 1 << 20
-# A prompt of more than max_model_len * max_token_bytes * this many UTF-8 bytes cannot fit the
-# context: each token covers at most max_token_bytes bytes of normalized text, and Unicode
-# normalization (NFKC) shrinks text by less than this factor.
-_NORMALIZATION_SLACK = 4
 
 
 def dumps(obj: Any) -> bytes:
@@ -129,7 +122,6 @@ class Runtime:
         self.metrics = Metrics(self._engine_stats)
         self.admission = Admission(settings.max_inflight, settings.max_queue, self._on_admission)
         self.calls: set[Call] = set()
-        self.max_prompt_bytes: int | None = None
         self.metrics.engine_ready.set(0)
 
     def _engine_stats(self) -> Any:
@@ -145,9 +137,6 @@ class Runtime:
         except BaseException as exc:
             self.load_error = f"{exc.__class__.__name__}: {exc}"
             raise
-        token_bytes = self.backend.max_token_bytes
-        if token_bytes:
-            self.max_prompt_bytes = self.backend.max_model_len * token_bytes * _NORMALIZATION_SLACK
         self.loaded = True
         self.metrics.engine_ready.set(1 if self.ready() else 0)
 
@@ -241,60 +230,6 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], settings: Run
 
 class _ClientGone(Exception):
     """The client disconnected before its request was handed to the backend."""
-
-
-def prompt_bytes(body: Any) -> int:
-    """UTF-8 bytes of the longest prompt text in an OpenAI request body (0 if none is found).
-
-    Chat: the text of all messages; completions: each prompt of a batch; responses: ``input``
-    and ``instructions``. A lower bound of what the model is given (templates only add).
-    """
-    if not isinstance(body, dict):
-        return 0
-
-    def text_of(value: Any) -> int:
-        if isinstance(value, str):
-            return len(value.encode("utf-8", "surrogatepass"))
-        if isinstance(value, list):
-            return sum(text_of(v) for v in value)
-        if isinstance(value, dict):
-            return sum(text_of(value[k]) for k in ("content", "text") if k in value)
-        return 0
-
-    if "messages" in body:
-        return text_of(body["messages"])
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return max(text_of(p) for p in prompt)
-    if isinstance(prompt, str):
-        return text_of(prompt)
-    if "input" in body:
-        return text_of(body["input"]) + text_of(body.get("instructions"))
-    return 0
-
-
-async def check_prompt_size(body: bytes, runtime: Runtime) -> None:
-    """Refuse, before any tokenization, a prompt whose size alone proves it exceeds the context."""
-    bound = runtime.max_prompt_bytes
-    if bound is None or len(body) <= bound:
-        return  # a body this small cannot hold such a prompt: leave it to the backend
-    try:
-        parsed = (
-            await asyncio.to_thread(json.loads, body)
-            if len(body) >= _THREAD_PARSE_BYTES
-            else json.loads(body)
-        )
-    except (ValueError, RecursionError):
-        return  # the backend answers malformed JSON with its own 400
-    size = prompt_bytes(parsed)
-    if size > bound:
-        ctx = runtime.backend.max_model_len
-        raise ContextLengthExceededError(
-            f"This model's maximum context length is {ctx} tokens. However, your request has a "
-            f"prompt of {size} bytes, which is more than {ctx} tokens of this model's tokenizer can "
-            f"hold (at most {bound} bytes). Please reduce the length of the input.",
-            param="messages" if isinstance(parsed, dict) and "messages" in parsed else "prompt",
-        )
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -442,8 +377,6 @@ class InferaApp:
             return
         try:
             body = await read_body(receive, headers, runtime.settings)
-            if path in GENERATION_ENDPOINTS:
-                await check_prompt_size(body, runtime)
         except _ClientGone:
             summary["cancelled"] = "disconnect"
             return

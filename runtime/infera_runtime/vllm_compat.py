@@ -102,6 +102,12 @@ def import_parser_plugins(args: Namespace) -> None:
         ).import_reasoning_parser(args.reasoning_parser_plugin)
 
 
+def raise_open_files_limit() -> None:
+    """What ``vllm serve`` does before it serves: raise the soft limit of open files (many clients)."""
+    set_ulimit = _first(("vllm.utils.system_utils", "set_ulimit"), ("vllm.utils", "set_ulimit"))
+    set_ulimit()
+
+
 def engine_args_from(args: Namespace) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -175,18 +181,6 @@ def unfinished_requests(engine_client: Any) -> int:
     if fn is None:
         fn = engine_client.output_processor.get_num_unfinished_requests
     return int(fn())
-
-
-def tokenizer(engine_client: Any) -> Any:
-    """The engine's tokenizer (``renderer.tokenizer`` in newer releases, ``get_tokenizer()`` before)."""
-    renderer = getattr(engine_client, "renderer", None)
-    tok = getattr(renderer, "tokenizer", None) if renderer is not None else None
-    if tok is not None:
-        return tok
-    getter = getattr(engine_client, "tokenizer", None)
-    if getter is not None and not callable(getter):
-        return getter
-    return engine_client.get_tokenizer()
 
 
 def iteration_observations(iteration_stats: Any) -> tuple[int, int, list[float], list[float]]:

@@ -162,8 +162,3 @@ class Backend(abc.ABC):
     @property
     @abc.abstractmethod
     def max_model_len(self) -> int: ...
-
-    @property
-    def max_token_bytes(self) -> int:
-        """The most UTF-8 bytes of text one token can stand for (0: unknown, no size bound)."""
-        return 0

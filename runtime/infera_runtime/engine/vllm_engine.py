@@ -122,20 +122,6 @@ class _StatsSink:
             m.tpot.observe(t)
 
 
-def max_token_bytes(tokenizer: Any) -> int:
-    """The most UTF-8 bytes any vocabulary entry spells (0 if the vocabulary cannot be read).
-
-    A bound on the text one token stands for: a byte-level BPE entry spells one byte per
-    character; a SentencePiece entry spells its text (``▁`` for one space, ``<0x41>`` for one byte).
-    """
-    try:
-        vocab = tokenizer.get_vocab()
-        return max(len(t.encode("utf-8", "surrogatepass")) for t in vocab) if vocab else 0
-    except Exception as exc:  # a tokenizer without a readable vocabulary: no size bound
-        log.warning("cannot read the tokenizer's vocabulary (%s): no prompt size pre-check", exc)
-        return 0
-
-
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -145,13 +131,13 @@ class VllmBackend(Backend):
         self._llm: Any = None
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
         self._max_model_len = 0
-        self._max_token_bytes = 0
         self._stats = _StatsSink()
 
     async def start(self, metrics: Any) -> None:
         version = compat.check_version()
         log.info("loading model", extra={"model": self.settings.model, "engine": "vllm", "vllm": version})
         compat.import_parser_plugins(self.args)
+        compat.raise_open_files_limit()
         engine_args = compat.engine_args_from(self.args)
         self._stats.metrics = metrics
         # vLLM starts its engine-core process and loads weights synchronously: keep the event
@@ -167,11 +153,7 @@ class VllmBackend(Backend):
         self._lifespan = compat.lifespan(self.app)
         await self._lifespan.__aenter__()
         self._max_model_len = int(llm.model_config.max_model_len)
-        self._max_token_bytes = await asyncio.to_thread(max_token_bytes, compat.tokenizer(llm))
-        log.info(
-            "model loaded",
-            extra={"max_model_len": self._max_model_len, "max_token_bytes": self._max_token_bytes},
-        )
+        log.info("model loaded", extra={"max_model_len": self._max_model_len})
 
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
@@ -195,10 +177,6 @@ class VllmBackend(Backend):
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
-
-    @property
-    def max_token_bytes(self) -> int:
-        return self._max_token_bytes
 
     def stats(self) -> EngineStats:
         llm = self._llm

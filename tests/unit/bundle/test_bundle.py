@@ -107,6 +107,22 @@ def test_a_later_stricter_requirement_restarts_with_it_known(tmp_path: Path) -> 
         resolve(["app"], {}, Target(), index2)
 
 
+def test_extras_asked_for_later_are_walked_too(tmp_path: Path) -> None:
+    index = FakeIndex(
+        tmp_path,
+        {
+            "app": {"1.0": ["lang", "types"]},
+            "types": {"1.0": ["lang[country]"]},
+            "lang": {"2.0": ["pycountry; extra == 'country'", "base"]},
+            "pycountry": {"26.0": []},
+            "base": {"1.0": []},
+        },
+    )
+    res = resolve(["app"], {}, Target(), index)
+    assert sorted(res.wheels) == ["app", "base", "lang", "pycountry", "types"]
+    assert index.asked.count("lang") == 1  # the wheel is not fetched twice
+
+
 def test_split_check_join_round_trip_and_damage(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     bundle.mkdir()
