@@ -164,6 +164,16 @@ def engine_flags(conf: dict[str, Any]) -> list[str]:
     return flags
 
 
+def variant_settings(key: str) -> dict[str, Any]:
+    """``ours:max_num_batched_tokens=8192,max_num_seqs=128`` -> those runtime settings (ints)."""
+    _, _, spec = key.partition(":")
+    out: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        out[name] = int(value) if value.isdigit() else value
+    return out
+
+
 def metric_sum_count(text: str, name: str) -> tuple[float, float]:
     s = c = 0.0
     for line in text.splitlines():
@@ -208,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/dummy-llama3-8b"))
     ap.add_argument("--concurrency", default="1,32,128,256")
     ap.add_argument("--backends", default="openai", help="openai (completions) and/or openai-chat")
-    ap.add_argument("--servers", default="raw,ours,raw2")
+    ap.add_argument(
+        "--servers",
+        default="raw,ours,raw2",
+        help="raw, raw2 (--api-server-count 2), ours, or ours:SETTING=V,... (the rendered settings changed)",
+    )
     ap.add_argument("--budget-s", type=float, default=480.0, help="start no new round after this")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
@@ -229,10 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"time budget reached after {rnd} round(s)", flush=True)
             break
         for key in order if rnd % 2 == 0 else list(reversed(order)):
-            port = 8100 + len(starts.get(key, [])) + 10 * order.index(key)
+            port = 8100 + 10 * order.index(key) + rnd
             log = args.out / f"{key}-r{rnd}.log"
-            if key == "ours":
-                cfg = args.out / "runtime.json"
+            if key.startswith("ours"):
+                cfg = args.out / f"runtime-{key.replace(':', '_').replace('=', '-')}.json"
+                cfg.write_text(json.dumps({**conf, **variant_settings(key)}, indent=1, sort_keys=True))
                 env = {**base_env, **{k: v for k, v in pod_env.items() if k not in ("HOME", "HF_HOME")}}
                 env.update(
                     {"INFERA_CONFIG_FILE": str(cfg), "INFERA_PORT": str(port), "INFERA_HOST": "127.0.0.1"}
@@ -250,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 took = srv.wait(ready_path, 600)
                 starts.setdefault(key, []).append(took)
-                if key == "ours":
+                if key.startswith("ours"):
                     codes = {k: srv.get(p)[0] for k, p in probes.items()}
                     print(
                         f"ours: rendered pod ready in {took:.0f}s; probe endpoints {probes} -> {codes}",

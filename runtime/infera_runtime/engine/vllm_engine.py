@@ -122,6 +122,28 @@ class _StatsSink:
             m.tpot.observe(t)
 
 
+def reap_children(grace_s: float = 5.0) -> int:
+    """Stop every process this one started that is still running (vLLM's engine core and its
+    workers, including a worker whose engine core was killed, which would otherwise linger until
+    it notices); SIGTERM, then SIGKILL after ``grace_s``. Returns how many were still running."""
+    import psutil
+
+    try:
+        kids = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    if kids:
+        log.info("stopped %d leftover engine processes", len(kids))
+    return len(kids)
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -168,7 +190,10 @@ class VllmBackend(Backend):
                 handler.cancel()
                 with contextlib.suppress(BaseException):
                     await handler
-            await asyncio.to_thread(llm.shutdown)
+            try:
+                await asyncio.to_thread(llm.shutdown)
+            finally:
+                await asyncio.to_thread(reap_children)
 
     def is_healthy(self) -> bool:
         llm = self._llm
