@@ -4,7 +4,7 @@ The runtime serves the OpenAI API with vLLM's own serving layer (``vllm serve``'
 its request models, chat templating, tool and reasoning parsers, structured outputs, logprobs),
 in-process over the same ``AsyncLLM``. vLLM moved those pieces between releases; every import
 and call whose location or signature differs between the supported releases is made here, and
-nowhere else. Supported: vLLM 0.26 through 0.33 (``SUPPORTED``); the layouts:
+nowhere else. Accepted: vLLM 0.26 through 0.33 (``SUPPORTED``; run on 0.26.0 and 0.32.0); the layouts:
 
 * 0.26 - 0.2x: ``vllm.entrypoints.openai.api_server`` holds ``build_app``, ``init_app_state``,
   ``validate_api_server_args``; ``vllm.entrypoints.openai.cli_args`` the argument parser.
