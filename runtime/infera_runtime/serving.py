@@ -88,7 +88,7 @@ class _Prepared:
 
 
 class Stream:
-    """An SSE body: iterate for byte chunks; :meth:`aclose` always releases the request."""
+    """An SSE body: iterate for byte chunks; :meth:`aclose` always closes the engine stream (abort)."""
 
     def __init__(self, gen: AsyncGenerator[bytes, None], close: Callable[[], Awaitable[None]]) -> None:
         self._gen = gen
