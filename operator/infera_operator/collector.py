@@ -133,7 +133,7 @@ class PrometheusSource:
                 self._query(f"sum {by} (rate({tp.REQUESTS}_total{{{sel}}}[{w}]))"),
                 self._query(f"sum {by} ({tp.IN_FLIGHT}{{{sel}}})"),
                 self._query(f"max {by} ({tp.KV_CACHE}{{{sel}}})"),
-                self._query(f"sum {by} (le) (increase({tp.TTFT}_bucket{{{sel}}}[{w}]))"),
+                self._query(f"sum by ({self.pod_label}, le) (increase({tp.TTFT}_bucket{{{sel}}}[{w}]))"),
             )
         except (aiohttp.ClientError, TimeoutError, RuntimeError, KeyError, ValueError) as exc:
             log.warning("Prometheus at %s: %s", self.url, exc)

