@@ -419,11 +419,11 @@ class InferaApp:
                 admitted = True
             else:
                 admitted = await self._queue(call, fut, receive)
-                if not admitted:
-                    summary["cancelled"] = call.reason
-                    if call.reason != "disconnect":
-                        await send_error(send, call.error())
-                    return
+            if call.reason is not None:  # gone while queued (or just as its slot came)
+                summary["cancelled"] = call.reason
+                if call.reason != "disconnect":
+                    await send_error(send, call.error())
+                return
             await self._run_backend(scope, receive, send, body, call, summary)
         finally:
             timer.cancel()
@@ -432,7 +432,8 @@ class InferaApp:
                 runtime.admission.release()
 
     async def _queue(self, call: Call, fut: asyncio.Future[None], receive: Receive) -> bool:
-        """Wait for an admission slot; False if the call was cancelled (or the client left) first."""
+        """Wait for an admission slot: True once it holds one (the caller releases it), False if the
+        call was cancelled (timeout, shutdown, the client left) while still queued."""
 
         async def watch() -> None:
             while True:
@@ -444,7 +445,7 @@ class InferaApp:
         call.waiter = fut
         try:
             await fut
-            return call.reason is None
+            return True
         except asyncio.CancelledError:
             self.runtime.admission.forget(fut)
             if call.reason is not None:

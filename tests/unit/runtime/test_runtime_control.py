@@ -204,3 +204,37 @@ async def test_admission_fifo_and_forget() -> None:
     assert adm.inflight == 0
     await asyncio.wait_for(adm.wait_idle(), 1)
     assert changes[-1] == (0, 0)
+
+
+async def test_slot_handed_to_a_queued_call_as_it_is_cancelled_is_released() -> None:
+    """The slot a finishing request hands to a queued one comes back even when the queued one is
+    cancelled (here: timed out) before it runs."""
+    from infera_runtime.app import InferaApp, Runtime
+    from infera_runtime.engine import make_backend
+    from infera_runtime.settings import RuntimeSettings
+
+    settings = RuntimeSettings(model="/models/tiny", engine="synthetic", max_inflight=1, max_queue=1)
+    runtime = Runtime(settings, make_backend(settings))
+    await runtime.load_engine()
+    app = InferaApp(runtime)
+    assert runtime.admission.new_waiter() is None  # someone else holds the only slot
+    sent: list[dict[str, Any]] = []
+    request = [{"type": "http.request", "body": json.dumps(CHAT).encode(), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if request:
+            return request.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}
+    task = asyncio.create_task(app(scope, receive, send))
+    await wait_for(lambda: runtime.admission.queued == 1)
+    runtime.admission.release()  # the slot passes to the queued call ...
+    runtime.cancel_all("timeout")  # ... which times out before it resumes
+    await task
+    assert sent[0]["status"] == 504
+    assert runtime.admission.inflight == 0 and runtime.admission.queued == 0
