@@ -72,9 +72,10 @@ API_ENDPOINTS = frozenset(
     }
 )
 GENERATION_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"})
-OPEN_PATHS = frozenset(
-    {"/health/live", "/health/startup", "/health/ready", "/health", "/metrics", "/version", "/ping"}
-)
+# Answered here, without an API key.
+PROBE_PATHS = frozenset({"/health/live", "/health/startup", "/health/ready", "/health", "/metrics"})
+# Without an API key: the probes, and two routes the backend answers.
+OPEN_PATHS = PROBE_PATHS | {"/version", "/ping"}
 _RID_OK = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 JSON_TYPE = b"application/json"
 DONE = b"data: [DONE]\n\n"
@@ -87,10 +88,9 @@ def dumps(obj: Any) -> bytes:
 class Call:
     """One admitted (or queued) API request; :meth:`cancel` ends it (timeout, shutdown, disconnect)."""
 
-    __slots__ = ("arrival", "cancelled", "reason", "waiter")
+    __slots__ = ("cancelled", "reason", "waiter")
 
     def __init__(self) -> None:
-        self.arrival = time.monotonic()
         self.reason: CancelReason | None = None
         self.cancelled = asyncio.Event()
         self.waiter: asyncio.Future[None] | None = None
@@ -241,7 +241,7 @@ def to_infera_error(exc: BaseException) -> InferaError:
     return InternalError("The server had an error while processing your request.")
 
 
-async def send_error(send: Send, exc: BaseException) -> int:
+async def send_error(send: Send, exc: BaseException) -> None:
     err = to_infera_error(exc)
     headers = [
         (b"content-type", JSON_TYPE),
@@ -249,7 +249,6 @@ async def send_error(send: Send, exc: BaseException) -> int:
     ]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": dumps(err.body())})
-    return err.status
 
 
 def openai_error_body(status: int, body: bytes) -> bytes:
@@ -306,7 +305,6 @@ class InferaApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.state = runtime  # tests and tools reach the runtime as app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -361,7 +359,7 @@ class InferaApp:
         runtime = self.runtime
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
-        if path in OPEN_PATHS and path != "/version" and path != "/ping":
+        if path in PROBE_PATHS:
             await self._probe(path, send)
             return
         try:

@@ -148,14 +148,6 @@ class RequestTimeoutError(InferaError):
     default_code = "request_timeout"
 
 
-class ClientDisconnectedError(InferaError):
-    """The client went away; nothing is sent, the status (499) is only recorded in metrics/logs."""
-
-    status = 499
-    error_type = "client_closed_request"
-    default_code = "client_disconnected"
-
-
 class InternalError(InferaError):
     """An unexpected server-side failure (500). Never used for bad input."""
 

@@ -480,6 +480,21 @@ async def _until_disconnect(receive: Callable[[], Awaitable[Any]]) -> None:
         pass
 
 
+async def _unless_disconnected(work: asyncio.Task[Any], receive: Callable[[], Awaitable[Any]]) -> bool:
+    """Wait for ``work`` or for the client to go (also when the HTTP layer cancels the request);
+    in that case cancel ``work``, which aborts its engine request. True if ``work`` finished."""
+    gone = asyncio.get_running_loop().create_task(_until_disconnect(receive))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        return work.done()
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+
+
 class _SSEResponse(Response):
     """Streams a :class:`Stream` until it ends or the client goes; always closes it (engine abort)."""
 
@@ -501,19 +516,12 @@ class _SSEResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        loop = asyncio.get_running_loop()
-        work = loop.create_task(pump())
-        gone = loop.create_task(_until_disconnect(receive))
+        work = asyncio.get_running_loop().create_task(pump())
         try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
-                with contextlib.suppress(OSError):
+            if await _unless_disconnected(work, receive):
+                with contextlib.suppress(OSError):  # the client went while we were sending
                     work.result()
         finally:
-            for task in (work, gone):
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await work
             await self.stream.aclose()
 
 
@@ -538,17 +546,8 @@ def build_synthetic_app(serving: Serving) -> FastAPI:
             return error_response(
                 InvalidRequestError("We could not parse the JSON body of your request.", code="invalid_json")
             )
-        loop = asyncio.get_running_loop()
-        work = loop.create_task(handler(body))
-        gone = loop.create_task(_until_disconnect(request.receive))
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not work.done():  # the client went (or the request was cancelled): abort the work
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
+        work = asyncio.get_running_loop().create_task(handler(body))
+        if not await _unless_disconnected(work, request.receive):
             return Response(status_code=499)
         try:
             reply = work.result()

@@ -59,7 +59,7 @@ def check_version() -> str:
     return v
 
 
-def _module_path(name: str) -> tuple[tuple[str, str], tuple[str, str]]:
+def _cli_args(name: str) -> tuple[tuple[str, str], tuple[str, str]]:
     return ("vllm.entrypoints.launchers.cli_args", name), ("vllm.entrypoints.openai.cli_args", name)
 
 
@@ -68,8 +68,8 @@ def parse_serve_args(argv: Sequence[str]) -> Namespace:
     parser_cls = _first(
         ("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser")
     )
-    make_arg_parser = _first(*_module_path("make_arg_parser"))
-    validate = _first(*_module_path("validate_parsed_serve_args"))
+    make_arg_parser = _first(*_cli_args("make_arg_parser"))
+    validate = _first(*_cli_args("validate_parsed_serve_args"))
     parser = make_arg_parser(parser_cls(prog="infera-runtime (vllm serve arguments)", exit_on_error=False))
     try:
         args = parser.parse_args(list(argv))
@@ -114,7 +114,7 @@ def engine_args_from(args: Namespace) -> Any:
     engine_args = AsyncEngineArgs.from_cli_args(args)
     propagate: Callable[[Namespace, Any], None] | None
     try:
-        propagate = _first(*_module_path("propagate_flash_late_interaction"))
+        propagate = _first(*_cli_args("propagate_flash_late_interaction"))
     except ImportError:
         propagate = None
     if propagate is not None:
